@@ -1,0 +1,6 @@
+//! Integration tests: the agent against our own broker over TLS, with simulated GPIO.
+
+mod harness;
+mod link;
+mod local;
+mod services;

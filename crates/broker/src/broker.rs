@@ -1,0 +1,498 @@
+//! The broker handle: configuration, the session table, and the entry points the listeners
+//! and the server call.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use codec::ReasonCode;
+use tokio::{io::AsyncRead, io::AsyncWrite, sync::Notify, time::Instant};
+
+use crate::{
+    auth::{Authenticator, ClientCert, Identity, Transport},
+    local::LocalClient,
+    message::Publication,
+    persist::{Journal, PersistError, Record},
+    router::Router,
+    session::{ConnLink, Inflight, Outgoing, Session, Stage},
+    stats::{Counters, Stats},
+};
+
+/// Broker configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where sessions and retained messages are persisted; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    pub limits: Limits,
+    /// How often `$SYS/broker/...` topics are published; zero disables them.
+    pub sys_interval: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: None,
+            limits: Limits::default(),
+            sys_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Resource limits. Every one of them bounds what a single client can make the broker hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Network connections at once; more are refused (v5 CONNACK 0x97, v3 "server unavailable").
+    pub max_connections: usize,
+    /// Largest packet accepted (v5 CONNACK advertises it; bigger => DISCONNECT 0x95).
+    pub max_packet_size: u32,
+    /// In-flight QoS 1/2 messages per client in each direction: caps the client's Receive
+    /// Maximum for outbound messages and is advertised as ours for inbound ones.
+    pub receive_maximum: u16,
+    /// Messages queued per session beyond the in-flight window (slow-consumer policy: see
+    /// the `session` module).
+    pub max_queued_messages: usize,
+    /// Time allowed from TCP accept to a complete CONNECT (and for the authenticator).
+    pub connect_timeout: Duration,
+    /// Keep alive cap in seconds for v5 clients (sent as Server Keep Alive when exceeded or 0).
+    pub max_keepalive: u16,
+    /// Topic aliases a v5 client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Cap on a session's expiry interval, seconds.
+    pub max_session_expiry: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            max_packet_size: 1 << 20,
+            receive_maximum: 256,
+            max_queued_messages: 1000,
+            connect_timeout: Duration::from_secs(10),
+            max_keepalive: 3600,
+            topic_alias_maximum: 64,
+            max_session_expiry: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// What the listener knows about a connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub transport: Transport,
+    pub client_cert: Option<ClientCert>,
+    /// Already authenticated (e.g. MQTT-over-WebSocket on the web port with a dashboard
+    /// session): the Authenticator is skipped.
+    pub preauthenticated: Option<Identity>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, transport: Transport) -> ConnInfo {
+        ConnInfo {
+            peer,
+            transport,
+            client_cert: None,
+            preauthenticated: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    #[error("loading the broker's persisted state failed: {0}")]
+    Load(String),
+}
+
+/// The broker: a cheap handle (`Arc`) to shared state.
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pub config: BrokerConfig,
+    pub auth: Arc<dyn Authenticator>,
+    pub router: Router,
+    pub counters: Arc<Counters>,
+    pub journal: Option<Arc<Journal>>,
+    pub sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    next_id: AtomicU64,
+    /// Network connections being served (including ones still in CONNECT).
+    pub connections: AtomicUsize,
+    pub idle: Notify,
+    pub started: Instant,
+    pub shutting_down: AtomicBool,
+}
+
+impl Broker {
+    /// Opens the broker, recovering persisted sessions and retained messages from
+    /// `config.data_dir`. Must be called inside a Tokio runtime.
+    pub async fn open(
+        config: BrokerConfig,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Broker, BrokerError> {
+        let counters = Arc::new(Counters::default());
+        let (journal, loaded) = match &config.data_dir {
+            Some(dir) => {
+                let dir = dir.clone();
+                let (j, l) = tokio::task::spawn_blocking(move || Journal::open(&dir))
+                    .await
+                    .map_err(|e| BrokerError::Load(e.to_string()))??;
+                (Some(Arc::new(j)), Some(l))
+            }
+            None => (None, None),
+        };
+        let router = Router::new(
+            counters.clone(),
+            journal.clone(),
+            config.limits.max_queued_messages,
+        );
+        let inner = Arc::new(Inner {
+            config,
+            auth,
+            router,
+            counters,
+            journal,
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            idle: Notify::new(),
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+        });
+        if let Some(loaded) = loaded {
+            inner.restore(loaded);
+        }
+        crate::sys::start(&inner);
+        Ok(Broker { inner })
+    }
+
+    /// Runs one client connection to completion; the stream is already past any
+    /// TLS/WebSocket handshake.
+    ///
+    /// Returns a `'static` future (not an `async fn`) so that the spawned task stays small.
+    pub fn serve_connection<S>(
+        &self,
+        stream: S,
+        info: ConnInfo,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        crate::connection::serve(self.inner.clone(), stream, info)
+    }
+
+    /// An in-process client with superuser rights.
+    pub fn local_client(&self, principal: &str) -> LocalClient {
+        LocalClient::new(self.inner.clone(), principal)
+    }
+
+    /// Disconnects every connection whose identity has this principal (v5 DISCONNECT 0x98
+    /// Administrative action). Returns how many were told to close.
+    pub fn disconnect_principal(&self, principal: &str) -> usize {
+        self.inner
+            .kick_where(ReasonCode::AdministrativeAction, |p| p == principal)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let i = &self.inner;
+        let mut s = i.counters.snapshot();
+        s.sessions = i.lock_sessions().len() as u64;
+        s.retained_messages = i.router.retained_count() as u64;
+        s.subscriptions = i.router.subscription_count() as u64;
+        s.uptime_secs = i.started.elapsed().as_secs();
+        s
+    }
+
+    /// Disconnects every client (v5 DISCONNECT 0x8B; their wills are published), waits up to
+    /// 5 s for the connections to finish, and flushes the journal.
+    pub async fn shutdown(&self) {
+        let i = &self.inner;
+        i.shutting_down.store(true, Ordering::SeqCst);
+        i.kick_where(ReasonCode::ServerShuttingDown, |_| true);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while i.connections.load(Ordering::SeqCst) > 0 {
+            let idle = i.idle.notified();
+            if i.connections.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::warn!(
+                    remaining = i.connections.load(Ordering::SeqCst),
+                    "connections still open 5 s after shutdown was requested"
+                );
+                break;
+            }
+        }
+        if let Some(j) = i.journal.clone() {
+            let _ = tokio::task::spawn_blocking(move || j.close()).await;
+        }
+    }
+}
+
+impl Inner {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn lock_sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn journal_append(&self, rec: Record) -> u64 {
+        match &self.journal {
+            Some(j) => j.append(rec),
+            None => 0,
+        }
+    }
+
+    /// Tells every connection whose principal satisfies `pred` to disconnect with `reason`.
+    pub fn kick_where(&self, reason: ReasonCode, pred: impl Fn(&str) -> bool) -> usize {
+        let sessions: Vec<Arc<Session>> = self.lock_sessions().values().cloned().collect();
+        let mut n = 0;
+        for s in sessions {
+            let mut st = s.lock();
+            if let Some(c) = &mut st.conn
+                && pred(&c.principal)
+            {
+                c.kick = Some(reason);
+                c.signal.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn restore(self: &Arc<Self>, loaded: crate::persist::Loaded) {
+        for msg in loaded.retained {
+            self.router.restore_retained(msg);
+        }
+        for (client, ls) in loaded.sessions {
+            let session = Arc::new(Session::new(self.next_id(), client.clone()));
+            {
+                let mut st = session.lock();
+                st.expiry = ls.expiry;
+                st.persistent = true;
+                st.inbound_qos2 = ls.inbound_qos2;
+                for e in ls.entries {
+                    let out = Outgoing {
+                        msg: e.msg,
+                        qos: e.qos,
+                        retain: e.retain,
+                        sub_ids: e.sub_ids,
+                        entry_id: e.entry,
+                    };
+                    match e.pid {
+                        Some(pid) => {
+                            let stage = if e.released {
+                                Stage::Released
+                            } else {
+                                Stage::Published
+                            };
+                            st.inflight.push_back(Inflight { pid, out, stage });
+                        }
+                        None => st.queue.push_back(out),
+                    }
+                }
+                st.next_pid = st.inflight.back().map(|i| i.pid).unwrap_or(0);
+                st.subs = ls
+                    .subs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+            }
+            for (filter, rec) in &ls.subs {
+                self.router
+                    .subscribe(&session, filter, rec.options, rec.sub_id, false);
+            }
+            self.lock_sessions().insert(client, session.clone());
+            self.schedule_expiry(&session, 0);
+        }
+    }
+
+    /// Starts the expiry timer of an offline session (generation `generation`).
+    pub fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
+        let expiry = session.lock().expiry;
+        if expiry == u32::MAX {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let session = Arc::downgrade(session);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+            if let (Some(inner), Some(session)) = (weak.upgrade(), session.upgrade()) {
+                let expired = {
+                    let st = session.lock();
+                    st.conn.is_none() && st.generation == generation && !st.ended
+                };
+                if expired {
+                    inner.end_session(&session);
+                }
+            }
+        });
+    }
+
+    /// Discards a session: its subscriptions, queue and persisted state.
+    pub fn end_session(&self, session: &Arc<Session>) {
+        {
+            let mut map = self.lock_sessions();
+            if map
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                map.remove(&session.client_id);
+            }
+        }
+        self.end_session_detached(session);
+    }
+
+    /// Connects `client_id` to its session (resuming or creating it), taking it over from
+    /// any connection that holds it. Returns the session and whether it was resumed.
+    pub fn attach(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        expiry: u32,
+        link: ConnLink,
+    ) -> (Arc<Session>, bool) {
+        let persistent = self.journal.is_some() && expiry > 0;
+        let generation = link.generation;
+        let mut link = Some(link);
+        let mut map = self.lock_sessions();
+        let existing = map.get(client_id).cloned();
+        let mut ended = None;
+        let resumed = match existing {
+            Some(s) if !clean_start => {
+                let mut st = s.lock();
+                if let Some(old) = &st.conn {
+                    old.signal.notify_one();
+                }
+                if let Some(w) = st.pending_will.take() {
+                    // Reconnected within the will delay: the will is not sent (MQTT-3.1.3-9).
+                    w.abort.abort();
+                }
+                st.generation = generation;
+                st.conn = link.take();
+                s.online.store(true, Ordering::Relaxed);
+                if st.persistent && !persistent {
+                    st.persistent = false;
+                    self.journal_append(Record::SessionEnd {
+                        client: client_id.clone(),
+                    });
+                } else if persistent && (!st.persistent || st.expiry != expiry) {
+                    self.journal_append(Record::Session {
+                        client: client_id.clone(),
+                        expiry,
+                    });
+                    if !st.persistent {
+                        for (filter, rec) in &st.subs {
+                            self.journal_append(Record::Sub {
+                                client: client_id.clone(),
+                                filter: filter.clone(),
+                                rec: rec.clone(),
+                            });
+                        }
+                    }
+                    st.persistent = true;
+                }
+                st.expiry = expiry;
+                drop(st);
+                Some(s)
+            }
+            Some(old) => {
+                {
+                    // Unlinking tells the old connection it was taken over.
+                    let mut st = old.lock();
+                    if let Some(c) = st.conn.take() {
+                        c.signal.notify_one();
+                    }
+                    old.online.store(false, Ordering::Relaxed);
+                }
+                ended = Some(old);
+                None
+            }
+            None => None,
+        };
+        let session = match resumed {
+            Some(s) => {
+                drop(map);
+                return (s, true);
+            }
+            None => {
+                let s = Arc::new(Session::new(self.next_id(), client_id.clone()));
+                {
+                    let mut st = s.lock();
+                    st.generation = generation;
+                    st.conn = link.take();
+                    st.expiry = expiry;
+                    st.persistent = persistent;
+                }
+                s.online.store(true, Ordering::Relaxed);
+                map.insert(client_id.clone(), s.clone());
+                s
+            }
+        };
+        drop(map);
+        if let Some(old) = ended {
+            // Clean start: the old session is discarded (its will, if delayed, goes now).
+            self.end_session_detached(&old);
+        }
+        if persistent {
+            self.journal_append(Record::Session {
+                client: client_id.clone(),
+                expiry,
+            });
+        }
+        (session, false)
+    }
+
+    /// Like [`Inner::end_session`] for a session already replaced in the table.
+    fn end_session_detached(&self, session: &Arc<Session>) {
+        let (subs, persistent, will) = {
+            let mut st = session.lock();
+            st.ended = true;
+            st.queue.clear();
+            st.inflight.clear();
+            (
+                std::mem::take(&mut st.subs),
+                st.persistent,
+                st.pending_will.take(),
+            )
+        };
+        // A will still waiting for its delay is sent when the session ends (spec 3.1.3.2.2).
+        if let Some(w) = will {
+            w.abort.abort();
+            self.router.publish(w.msg);
+        }
+        self.router.unsubscribe_all(session, subs.keys());
+        if persistent {
+            self.journal_append(Record::SessionEnd {
+                client: session.client_id.clone(),
+            });
+        }
+    }
+
+    /// Publishes a message on behalf of the broker or a will.
+    pub fn publish(&self, msg: Publication) -> u64 {
+        Counters::add(&self.counters.messages_received, 1);
+        self.router.publish(Arc::new(msg))
+    }
+}

@@ -1,0 +1,1165 @@
+//! One client connection: CONNECT handshake, then a single task that reads packets, handles
+//! them, and writes everything produced by one wakeup with one write.
+//!
+//! Memory per connection is kept small on purpose: no buffer is held while the connection is
+//! idle (reads go through a stack buffer and only a partial packet is kept; the write buffer
+//! is released after each flush), and there is exactly one task. Outbound messages come
+//! from the session queue, which the router fills and signals (see `session`).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    future::poll_fn,
+    mem::MaybeUninit,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Buf, BytesMut};
+use codec::{
+    Ack, AckProperties, ByteStr, ConnAck, Connect, DecodeError, Disconnect, DisconnectProperties,
+    LastWill, Packet, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    sync::Notify,
+    time::{Instant, sleep_until, timeout_at},
+};
+
+use crate::{
+    auth::{AuthError, ConnectRequest, Identity},
+    broker::{ConnInfo, Inner},
+    message::Publication,
+    persist::Record,
+    session::{ConnLink, Inflight, Outgoing, Session, SessionState, Stage, SubRecord},
+    shared::FilterSpec,
+    stats::Counters,
+    will,
+};
+
+/// Stop moving queued messages into the write buffer above this many bytes.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading while this much output is waiting (the client is not reading).
+const READ_PAUSE: usize = 1 << 20;
+const READ_CHUNK: usize = 8 * 1024;
+/// Subscriptions one session may hold; more are refused (SUBACK 0x97, v3 0x80) so that one
+/// client cannot grow the trie without bound.
+const MAX_SUBSCRIPTIONS: usize = 10_000;
+/// How long the final DISCONNECT and pending output may take to flush.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// Why the connection loop stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Exit {
+    /// The client sent DISCONNECT; `will` for v5 reason 0x04.
+    Disconnect { will: bool },
+    /// EOF or I/O error without DISCONNECT.
+    Closed,
+    /// We close with this reason (v5 DISCONNECT sent first).
+    Error(ReasonCode, String),
+    /// Another connection took the session (DISCONNECT 0x8E).
+    TakenOver,
+}
+
+struct ConnGuard(Arc<Inner>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Serves one connection. Not an `async fn`: the arguments are boxed so that the task's
+/// future does not reserve room for them for the connection's whole life, and the CONNECT
+/// handshake (the CONNECT packet, the authenticator's future) runs in its own allocation
+/// that is freed once the connection is up. An idle connection's task holds just `Conn`.
+pub fn serve<S>(
+    inner: Arc<Inner>,
+    stream: S,
+    info: ConnInfo,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let start = Box::new((stream, info));
+    async move {
+        let over_limit =
+            inner.connections.fetch_add(1, Ordering::SeqCst) >= inner.config.limits.max_connections;
+        let _guard = ConnGuard(inner.clone());
+        Counters::add(&inner.counters.connections_total, 1);
+        let Some(mut conn) = Box::pin(handshake(inner, start, over_limit)).await else {
+            return;
+        };
+        conn.run().await;
+    }
+}
+
+async fn handshake<S>(
+    inner: Arc<Inner>,
+    start: Box<(S, ConnInfo)>,
+    over_limit: bool,
+) -> Option<Conn<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut stream, info) = *start;
+    let deadline = Instant::now() + inner.config.limits.connect_timeout;
+    let mut rbuf = BytesMut::new();
+    let connect = match read_connect(&inner, &mut stream, &mut rbuf, deadline).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            Counters::add(&inner.counters.connections_refused, 1);
+            return None;
+        }
+        Err(e) => {
+            Counters::add(&inner.counters.connections_refused, 1);
+            if let DecodeError::UnsupportedProtocolVersion { .. } = e {
+                // MQTT-3.1.2-2: answer in 3.1.1 with return code 1, then close.
+                let ack = ConnAck::new(ReasonCode::UnsupportedProtocolVersion, false);
+                let _ =
+                    write_packet(&mut stream, &Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
+            } else {
+                Counters::add(&inner.counters.malformed_packets, 1);
+                tracing::debug!(peer = %info.peer, error = %e, "bad CONNECT; closing");
+            }
+            let _ = stream.shutdown().await;
+            return None;
+        }
+    };
+    let version = connect.protocol;
+    match accept(&inner, &info, *connect, over_limit, deadline).await {
+        Ok(accepted) => Some(Conn::new(inner, stream, rbuf, version, accepted)),
+        Err((reason, text)) => {
+            Counters::add(&inner.counters.connections_refused, 1);
+            tracing::debug!(peer = %info.peer, reason = %reason, "{text}");
+            let reason = match reason {
+                // v3 has no quota code; "server unavailable" tells the client to retry later.
+                ReasonCode::QuotaExceeded if !version.is_v5() => ReasonCode::ServerUnavailable,
+                r => r,
+            };
+            let mut ack = ConnAck::new(reason, false);
+            if version.is_v5() {
+                ack.properties.reason_string = Some(text);
+            }
+            let _ = write_packet(&mut stream, &Packet::ConnAck(ack), version).await;
+            let _ = stream.shutdown().await;
+            None
+        }
+    }
+}
+
+async fn write_packet<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    p: &Packet,
+    v: ProtocolVersion,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    codec::encode(p, v, &mut buf).map_err(std::io::Error::other)?;
+    tokio::time::timeout(CLOSE_FLUSH, async {
+        stream.write_all(&buf).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// Reads the first packet, which must be CONNECT, before `deadline`. `Ok(None)`: the peer
+/// went away or timed out.
+async fn read_connect<S: AsyncRead + Unpin>(
+    inner: &Inner,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<Option<Box<Connect>>, DecodeError> {
+    loop {
+        match codec::decode(rbuf, None, inner.config.limits.max_packet_size)? {
+            Some(Packet::Connect(c)) => return Ok(Some(c)),
+            Some(_) => {
+                return Err(DecodeError::Protocol(
+                    "the first packet must be CONNECT (MQTT-3.1.0-1)",
+                ));
+            }
+            None => {}
+        }
+        let read = timeout_at(deadline, poll_fn(|cx| poll_read_into(stream, rbuf, cx))).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => Counters::add(&inner.counters.bytes_received, n as u64),
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// Reads once through a stack buffer and appends to `rbuf`; 0 means EOF.
+fn poll_read_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut rb = ReadBuf::uninit(&mut chunk);
+    match Pin::new(stream).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) => {
+            let filled = rb.filled();
+            rbuf.extend_from_slice(filled);
+            Poll::Ready(Ok(filled.len()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+struct Accepted {
+    session: Arc<Session>,
+    session_present: bool,
+    generation: u64,
+    signal: Arc<Notify>,
+    identity: Identity,
+    client_id: Arc<str>,
+    keep_alive: u16,
+    will: Option<Box<LastWill>>,
+    will_delay: u32,
+    client_max_packet: u32,
+    ack: ConnAck,
+}
+
+fn auth_reason(e: &AuthError) -> ReasonCode {
+    match e {
+        AuthError::BadCredentials => ReasonCode::BadUserNameOrPassword,
+        AuthError::NotAuthorized(_) => ReasonCode::NotAuthorized,
+        AuthError::ClientIdNotValid(_) => ReasonCode::ClientIdentifierNotValid,
+        AuthError::Banned(_) => ReasonCode::Banned,
+        AuthError::Unavailable(_) => ReasonCode::ServerUnavailable,
+    }
+}
+
+fn assigned_client_id() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("auto-{n:016x}")
+}
+
+/// Validates and authenticates a CONNECT and attaches the session.
+async fn accept(
+    inner: &Arc<Inner>,
+    info: &ConnInfo,
+    mut c: Connect,
+    over_limit: bool,
+    deadline: Instant,
+) -> Result<Accepted, (ReasonCode, String)> {
+    let limits = &inner.config.limits;
+    let v5 = c.protocol.is_v5();
+    if inner.shutting_down.load(Ordering::SeqCst) {
+        return Err((
+            ReasonCode::ServerShuttingDown,
+            "the broker is shutting down".into(),
+        ));
+    }
+    let mut assigned = None;
+    if c.client_id.is_empty() {
+        // v3.1.1 allows an empty id only with a clean session (MQTT-3.1.3-8); 3.1 never.
+        if c.protocol == ProtocolVersion::V3_1
+            || (c.protocol == ProtocolVersion::V3_1_1 && !c.clean_start)
+        {
+            return Err((
+                ReasonCode::ClientIdentifierNotValid,
+                "an empty client id requires clean session".into(),
+            ));
+        }
+        let id = assigned_client_id();
+        c.client_id = id.clone();
+        assigned = Some(id);
+    } else if c.protocol == ProtocolVersion::V3_1 && c.client_id.len() > 23 {
+        return Err((
+            ReasonCode::ClientIdentifierNotValid,
+            "MQTT 3.1 client ids are at most 23 characters".into(),
+        ));
+    }
+    let identity = match &info.preauthenticated {
+        Some(id) => id.clone(),
+        None => {
+            let req = ConnectRequest {
+                client_id: &c.client_id,
+                username: c.username.as_deref(),
+                password: c.password.as_deref(),
+                peer: info.peer,
+                transport: info.transport,
+                client_cert: info.client_cert.as_ref(),
+            };
+            let auth_deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+            match timeout_at(auth_deadline, inner.auth.authenticate(req)).await {
+                Ok(Ok(id)) => id,
+                Ok(Err(e)) => return Err((auth_reason(&e), e.to_string())),
+                Err(_) => {
+                    return Err((
+                        ReasonCode::ServerUnavailable,
+                        "authentication did not finish in time".into(),
+                    ));
+                }
+            }
+        }
+    };
+    if over_limit {
+        return Err((
+            ReasonCode::QuotaExceeded,
+            format!("connection limit of {} reached", limits.max_connections),
+        ));
+    }
+    if let Some(w) = &c.will
+        && (!identity.permissions.may_publish(&w.topic) || w.topic.starts_with('$'))
+    {
+        return Err((
+            ReasonCode::NotAuthorized,
+            format!("not allowed to publish the will to '{}'", w.topic),
+        ));
+    }
+    // Session expiry: v3 clean session = 0 never expires (the spec has no expiry there).
+    let requested = if v5 {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let expiry = if v5 {
+        requested.min(limits.max_session_expiry)
+    } else {
+        requested
+    };
+    let mut keep_alive = c.keep_alive;
+    let mut server_keep_alive = None;
+    if v5 && (keep_alive == 0 || keep_alive > limits.max_keepalive) && limits.max_keepalive > 0 {
+        keep_alive = limits.max_keepalive;
+        server_keep_alive = Some(keep_alive);
+    }
+    let generation = inner.next_id();
+    let signal = Arc::new(Notify::new());
+    let client_id: Arc<str> = Arc::from(c.client_id.as_str());
+    let link = ConnLink {
+        generation,
+        signal: signal.clone(),
+        principal: Arc::from(identity.principal.as_str()),
+        kick: None,
+    };
+    let (session, session_present) = inner.attach(&client_id, c.clean_start, expiry, link);
+    let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+    session.lock().send_quota = client_receive_max.min(limits.receive_maximum).max(1);
+    let mut ack = ConnAck::new(ReasonCode::Success, session_present);
+    if v5 {
+        let p = &mut ack.properties;
+        if expiry != requested {
+            p.session_expiry_interval = Some(expiry);
+        }
+        p.receive_maximum = Some(limits.receive_maximum);
+        p.maximum_packet_size = Some(limits.max_packet_size);
+        p.topic_alias_maximum = Some(limits.topic_alias_maximum);
+        p.assigned_client_identifier = assigned;
+        p.server_keep_alive = server_keep_alive;
+    }
+    let will_delay = c
+        .will
+        .as_ref()
+        .and_then(|w| w.properties.will_delay_interval)
+        .unwrap_or(0);
+    Ok(Accepted {
+        session,
+        session_present,
+        generation,
+        signal,
+        identity,
+        client_id,
+        keep_alive,
+        will: c.will.map(Box::new),
+        will_delay,
+        client_max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
+        ack,
+    })
+}
+
+struct Conn<S> {
+    inner: Arc<Inner>,
+    signal: Arc<Notify>,
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    needs_flush: bool,
+    version: ProtocolVersion,
+    session: Arc<Session>,
+    generation: u64,
+    identity: Identity,
+    client_id: Arc<str>,
+    keep_alive: Duration,
+    last_recv: Instant,
+    client_max_packet: u32,
+    aliases: HashMap<u16, ByteStr>,
+    will: Option<Box<LastWill>>,
+    will_delay: u32,
+    /// Acks held back until the journal has made the message durable, in arrival order.
+    pending_acks: VecDeque<(u64, Packet)>,
+    /// Inbound QoS 1 PUBLISH packets not yet acknowledged (they count against our Receive
+    /// Maximum together with QoS 2 ones awaiting PUBREL).
+    exit: Option<Exit>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(
+        inner: Arc<Inner>,
+        stream: S,
+        rbuf: BytesMut,
+        version: ProtocolVersion,
+        a: Accepted,
+    ) -> Conn<S> {
+        let mut conn = Conn {
+            inner,
+            signal: a.signal,
+            stream,
+            rbuf,
+            wbuf: BytesMut::new(),
+            needs_flush: false,
+            version,
+            session: a.session,
+            generation: a.generation,
+            identity: a.identity,
+            client_id: a.client_id,
+            keep_alive: Duration::from_millis(u64::from(a.keep_alive) * 1500),
+            last_recv: Instant::now(),
+            client_max_packet: a.client_max_packet,
+            aliases: HashMap::new(),
+            will: a.will,
+            will_delay: a.will_delay,
+            pending_acks: VecDeque::new(),
+            exit: None,
+        };
+        conn.send(&Packet::ConnAck(a.ack));
+        if a.session_present {
+            conn.resend_inflight();
+        }
+        conn
+    }
+
+    fn v5(&self) -> bool {
+        self.version.is_v5()
+    }
+
+    fn send(&mut self, p: &Packet) {
+        if let Err(e) = codec::encode(p, self.version, &mut self.wbuf) {
+            tracing::warn!(client = %self.client_id, packet = p.name(), error = %e, "cannot encode packet");
+        }
+    }
+
+    fn fail(&mut self, reason: ReasonCode, text: impl Into<String>) {
+        if self.exit.is_none() {
+            self.exit = Some(Exit::Error(reason, text.into()));
+        }
+    }
+
+    async fn run(&mut self) {
+        let signal = self.signal.clone();
+        Counters::add(&self.inner.counters.clients_connected, 1);
+        tracing::debug!(client = %self.client_id, principal = %self.identity.principal, version = %self.version, "client connected");
+        // Packets that arrived together with CONNECT.
+        self.process_input();
+        // One timer for the connection's life, re-armed only when it fires (not per packet).
+        let ka = self.keep_alive;
+        let keep_alive = sleep_until(self.last_recv + ka);
+        tokio::pin!(keep_alive);
+        while self.exit.is_none() {
+            self.release_durable_acks();
+            self.drain_session();
+            if self.exit.is_some() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                r = poll_fn(|cx| self.poll_io(cx)) => match r {
+                    Ok(IoEvent::Read) => {
+                        self.last_recv = Instant::now();
+                        self.process_input();
+                    }
+                    Ok(IoEvent::Wrote) => {}
+                    Ok(IoEvent::Eof) | Err(_) => {
+                        if self.exit.is_none() {
+                            self.exit = Some(Exit::Closed);
+                        }
+                    }
+                },
+                _ = signal.notified() => {}
+                () = &mut keep_alive, if !ka.is_zero() => {
+                    let due = self.last_recv + ka;
+                    if Instant::now() >= due {
+                        // MQTT-3.1.2-22 (v5 -24): 1.5 x keep alive without a packet.
+                        self.fail(ReasonCode::KeepAliveTimeout, "keep alive timeout");
+                    } else {
+                        keep_alive.as_mut().reset(due);
+                    }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<IoEvent>> {
+        let mut wrote = false;
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    Counters::add(&self.inner.counters.bytes_sent, n as u64);
+                    self.wbuf.advance(n);
+                    self.needs_flush = true;
+                    wrote = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if self.wbuf.is_empty() {
+            // Idle connections hold no write buffer.
+            if self.wbuf.capacity() > 0 {
+                self.wbuf = BytesMut::new();
+            }
+            if self.needs_flush {
+                match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.needs_flush = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if self.wbuf.len() < READ_PAUSE {
+            match poll_read_into(&mut self.stream, &mut self.rbuf, cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(IoEvent::Eof)),
+                Poll::Ready(Ok(n)) => {
+                    Counters::add(&self.inner.counters.bytes_received, n as u64);
+                    return Poll::Ready(Ok(IoEvent::Read));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if wrote {
+            Poll::Ready(Ok(IoEvent::Wrote))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn process_input(&mut self) {
+        let max = self.inner.config.limits.max_packet_size;
+        while self.exit.is_none() {
+            match codec::decode(&mut self.rbuf, Some(self.version), max) {
+                Ok(Some(p)) => self.handle(p),
+                Ok(None) => break,
+                Err(e) => {
+                    Counters::add(&self.inner.counters.malformed_packets, 1);
+                    tracing::debug!(client = %self.client_id, error = %e, "bad packet; disconnecting");
+                    self.fail(e.reason_code(), e.to_string());
+                }
+            }
+        }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    fn handle(&mut self, p: Packet) {
+        match p {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => self.on_puback(a),
+            Packet::PubRec(a) => self.on_pubrec(a),
+            Packet::PubRel(a) => self.on_pubrel(a),
+            Packet::PubComp(a) => self.on_pubcomp(a),
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Connect(_) => {
+                self.fail(
+                    ReasonCode::ProtocolError,
+                    "a second CONNECT is a protocol error (MQTT-3.1.0-2)",
+                );
+            }
+            Packet::Auth(_) => {
+                self.fail(
+                    ReasonCode::ProtocolError,
+                    "AUTH without an authentication method in CONNECT (MQTT-4.12.0-1)",
+                );
+            }
+            other => {
+                let text = format!("{} is not sent by clients", other.name());
+                self.fail(ReasonCode::ProtocolError, text);
+            }
+        }
+    }
+
+    // ---- inbound PUBLISH ----
+
+    fn on_publish(&mut self, mut p: Publish) {
+        Counters::add(&self.inner.counters.messages_received, 1);
+        if self.v5() {
+            if !p.properties.subscription_identifiers.is_empty() {
+                return self.fail(
+                    ReasonCode::ProtocolError,
+                    "PUBLISH from a client must not carry subscription identifiers (MQTT-3.3.4-6)",
+                );
+            }
+            if let Some(alias) = p.properties.topic_alias.take() {
+                if alias == 0 || alias > self.inner.config.limits.topic_alias_maximum {
+                    return self.fail(
+                        ReasonCode::TopicAliasInvalid,
+                        format!(
+                            "topic alias {alias} is outside 1..={}",
+                            self.inner.config.limits.topic_alias_maximum
+                        ),
+                    );
+                }
+                if p.topic.is_empty() {
+                    match self.aliases.get(&alias) {
+                        Some(t) => p.topic = t.clone(),
+                        None => {
+                            return self.fail(
+                                ReasonCode::ProtocolError,
+                                format!("topic alias {alias} was never set"),
+                            );
+                        }
+                    }
+                } else {
+                    self.aliases.insert(alias, ByteStr::from(p.topic.as_str()));
+                }
+            }
+        }
+        if p.topic.is_empty() {
+            return self.fail(
+                ReasonCode::ProtocolError,
+                "PUBLISH without topic name or alias",
+            );
+        }
+        let pid = p.packet_id.unwrap_or(0);
+        if p.qos != QoS::AtMostOnce {
+            let in_flight = self.session.lock().inbound_qos2.len() + self.pending_acks.len();
+            if in_flight >= usize::from(self.inner.config.limits.receive_maximum) {
+                return self.fail(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "more unacknowledged QoS 1/2 PUBLISH packets than our Receive Maximum",
+                );
+            }
+        }
+        if p.qos == QoS::ExactlyOnce && self.session.lock().inbound_qos2.contains(&pid) {
+            // A retransmission of a message already routed: acknowledge it again only.
+            return self.ack_publish(QoS::ExactlyOnce, pid, ReasonCode::Success, 0);
+        }
+        let allowed = !p.topic.starts_with('$') && self.identity.permissions.may_publish(&p.topic);
+        if !allowed {
+            Counters::add(&self.inner.counters.publish_denied, 1);
+            tracing::debug!(client = %self.client_id, topic = %p.topic, "publish denied");
+            // v3 has no negative acks: the message is dropped and acknowledged as usual.
+            if self.v5() && p.qos != QoS::AtMostOnce {
+                return self.ack_publish(p.qos, pid, ReasonCode::NotAuthorized, 0);
+            }
+            if p.qos == QoS::ExactlyOnce {
+                self.session.lock().inbound_qos2.push(pid);
+            }
+            return self.ack_publish(p.qos, pid, ReasonCode::Success, 0);
+        }
+        let qos = p.qos;
+        let msg = Publication::new(
+            p.topic,
+            p.payload,
+            p.qos,
+            p.retain,
+            p.properties,
+            self.session.id,
+        );
+        let mut seq = self.inner.router.publish(Arc::new(msg));
+        if qos == QoS::ExactlyOnce {
+            let persistent = {
+                let mut st = self.session.lock();
+                st.inbound_qos2.push(pid);
+                st.persistent
+            };
+            if persistent {
+                seq = seq.max(self.inner.journal_append(Record::InQos2 {
+                    client: self.client_id.clone(),
+                    pid,
+                }));
+            }
+        }
+        self.ack_publish(qos, pid, ReasonCode::Success, seq);
+    }
+
+    /// Sends PUBACK/PUBREC now, or once journal sequence `seq` is durable. Acks leave in
+    /// the order the PUBLISH packets arrived (MQTT-4.6.0-2).
+    fn ack_publish(&mut self, qos: QoS, pid: u16, reason: ReasonCode, seq: u64) {
+        let mut ack = Ack::new(pid);
+        if self.v5() && reason != ReasonCode::Success {
+            ack.reason_code = reason;
+            ack.properties.reason_string = Some(format!("{} to this topic", reason.description()));
+        }
+        let packet = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(ack),
+            QoS::ExactlyOnce => Packet::PubRec(ack),
+        };
+        let journal = self.inner.journal.as_ref().filter(|j| !j.failed());
+        let wait = match journal {
+            Some(j) => seq > j.durable() || !self.pending_acks.is_empty(),
+            None => false,
+        };
+        if wait {
+            let seq = seq.max(self.pending_acks.back().map(|(s, _)| *s).unwrap_or(0));
+            if let Some(j) = journal {
+                j.notify_when_durable(seq, self.signal.clone());
+            }
+            self.pending_acks.push_back((seq, packet));
+        } else {
+            self.send(&packet);
+        }
+    }
+
+    fn release_durable_acks(&mut self) {
+        if self.pending_acks.is_empty() {
+            return;
+        }
+        let (durable, failed) = match &self.inner.journal {
+            Some(j) => (j.durable(), j.failed()),
+            None => (u64::MAX, true),
+        };
+        while let Some((seq, _)) = self.pending_acks.front() {
+            if *seq > durable && !failed {
+                break;
+            }
+            if let Some((_, p)) = self.pending_acks.pop_front() {
+                self.send(&p);
+            }
+        }
+    }
+
+    fn on_pubrel(&mut self, a: Ack) {
+        let (found, persistent) = {
+            let mut st = self.session.lock();
+            let found = match st.inbound_qos2.iter().position(|p| *p == a.packet_id) {
+                Some(i) => {
+                    st.inbound_qos2.swap_remove(i);
+                    true
+                }
+                None => false,
+            };
+            (found, st.persistent)
+        };
+        if found && persistent {
+            self.inner.journal_append(Record::InQos2Done {
+                client: self.client_id.clone(),
+                pid: a.packet_id,
+            });
+        }
+        let reason = if found || !self.v5() {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.send(&Packet::PubComp(Ack {
+            packet_id: a.packet_id,
+            reason_code: reason,
+            properties: AckProperties::default(),
+        }));
+    }
+
+    // ---- outbound acknowledgements ----
+
+    fn complete(&self, st: &mut SessionState, idx: usize) {
+        if let Some(done) = st.inflight.remove(idx)
+            && done.out.entry_id != 0
+        {
+            self.inner.journal_append(Record::Done {
+                client: self.client_id.clone(),
+                entry: done.out.entry_id,
+            });
+        }
+    }
+
+    fn on_puback(&mut self, a: Ack) {
+        let mut st = self.session.lock();
+        if let Some(i) = st.inflight_pos(a.packet_id)
+            && st.inflight[i].out.qos == QoS::AtLeastOnce
+        {
+            self.complete(&mut st, i);
+        }
+    }
+
+    fn on_pubrec(&mut self, a: Ack) {
+        let mut st = self.session.lock();
+        let pos = st
+            .inflight_pos(a.packet_id)
+            .filter(|i| st.inflight[*i].out.qos == QoS::ExactlyOnce);
+        let Some(i) = pos else {
+            drop(st);
+            let reason = if self.v5() {
+                ReasonCode::PacketIdentifierNotFound
+            } else {
+                ReasonCode::Success
+            };
+            return self.send(&Packet::PubRel(Ack {
+                packet_id: a.packet_id,
+                reason_code: reason,
+                properties: AckProperties::default(),
+            }));
+        };
+        if a.reason_code.is_error() {
+            // The receiver refused it; the flow ends here (spec 4.3.3).
+            return self.complete(&mut st, i);
+        }
+        if st.inflight[i].stage == Stage::Published {
+            st.inflight[i].stage = Stage::Released;
+            let entry = st.inflight[i].out.entry_id;
+            if entry != 0 {
+                self.inner.journal_append(Record::Released {
+                    client: self.client_id.clone(),
+                    entry,
+                });
+            }
+        }
+        drop(st);
+        self.send(&Packet::PubRel(Ack::new(a.packet_id)));
+    }
+
+    fn on_pubcomp(&mut self, a: Ack) {
+        let mut st = self.session.lock();
+        if let Some(i) = st.inflight_pos(a.packet_id)
+            && st.inflight[i].stage == Stage::Released
+        {
+            self.complete(&mut st, i);
+        }
+    }
+
+    // ---- subscriptions ----
+
+    fn on_subscribe(&mut self, s: Subscribe) {
+        let v5 = self.v5();
+        let sub_id = if v5 {
+            s.properties.subscription_identifier
+        } else {
+            None
+        };
+        let mut codes = Vec::with_capacity(s.subscriptions.len());
+        let mut granted = Vec::new();
+        for sub in &s.subscriptions {
+            let spec = FilterSpec::parse(&sub.filter);
+            if v5 && spec.group.is_some() && sub.options.no_local {
+                return self.fail(
+                    ReasonCode::ProtocolError,
+                    "No Local on a shared subscription (MQTT-3.8.3-4)",
+                );
+            }
+            if !self.identity.permissions.may_subscribe(spec.filter) {
+                Counters::add(&self.inner.counters.subscribe_denied, 1);
+                tracing::debug!(client = %self.client_id, filter = %sub.filter, "subscribe denied");
+                codes.push(ReasonCode::NotAuthorized);
+                continue;
+            }
+            let count = self.session.lock().subs.len() + granted.len();
+            if count >= MAX_SUBSCRIPTIONS && !self.session.lock().subs.contains_key(&sub.filter) {
+                codes.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
+            let mut options = sub.options;
+            if !v5 {
+                options.no_local = false;
+                options.retain_as_published = false;
+                options.retain_handling = codec::RetainHandling::SendAtSubscribe;
+            }
+            codes.push(ReasonCode::granted(options.qos));
+            granted.push((sub.filter.clone(), options));
+        }
+        let ack = SubAck {
+            packet_id: s.packet_id,
+            reason_codes: codes,
+            properties: AckProperties::default(),
+        };
+        self.send(&Packet::SubAck(ack));
+        // After the SUBACK is in the write buffer, so retained messages follow it.
+        for (filter, options) in granted {
+            let rec = SubRecord { options, sub_id };
+            let persistent = {
+                let mut st = self.session.lock();
+                st.subs.insert(filter.clone(), rec.clone());
+                st.persistent
+            };
+            if persistent {
+                self.inner.journal_append(Record::Sub {
+                    client: self.client_id.clone(),
+                    filter: filter.clone(),
+                    rec,
+                });
+            }
+            self.inner
+                .router
+                .subscribe(&self.session, &filter, options, sub_id, true);
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let existed = self.inner.router.unsubscribe(&self.session, f);
+            let persistent = {
+                let mut st = self.session.lock();
+                st.subs.remove(f);
+                st.persistent
+            };
+            if existed && persistent {
+                self.inner.journal_append(Record::Unsub {
+                    client: self.client_id.clone(),
+                    filter: f.clone(),
+                });
+            }
+            codes.push(if existed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
+        let reason_codes = if self.v5() { codes } else { Vec::new() };
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes,
+            properties: AckProperties::default(),
+        }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) {
+        if let Some(e) = d.properties.session_expiry_interval {
+            let mut st = self.session.lock();
+            if st.expiry == 0 && e != 0 {
+                drop(st);
+                return self.fail(ReasonCode::ProtocolError, "session expiry cannot be set on DISCONNECT when it was 0 at CONNECT (MQTT-3.14.2-2)");
+            }
+            let e = e.min(self.inner.config.limits.max_session_expiry);
+            if st.expiry != e {
+                st.expiry = e;
+                if st.persistent && e > 0 {
+                    self.inner.journal_append(Record::Session {
+                        client: self.client_id.clone(),
+                        expiry: e,
+                    });
+                }
+            }
+        }
+        self.exit = Some(Exit::Disconnect {
+            will: d.reason_code == ReasonCode::DisconnectWithWillMessage,
+        });
+    }
+
+    // ---- outbound messages ----
+
+    fn encode_delivery(
+        &mut self,
+        out: &Outgoing,
+        pid: Option<u16>,
+        dup: bool,
+        now: Instant,
+    ) -> bool {
+        let msg = &out.msg;
+        let mut publish = Publish {
+            dup,
+            qos: out.qos,
+            retain: out.retain,
+            topic: msg.topic.clone(),
+            packet_id: pid,
+            payload: msg.payload.clone(),
+            properties: Default::default(),
+        };
+        if self.v5() {
+            publish.properties = msg.props.clone();
+            publish.properties.message_expiry_interval = msg.remaining_expiry(now);
+            publish.properties.subscription_identifiers = out.sub_ids.clone();
+        }
+        let packet = Packet::Publish(publish);
+        if self.client_max_packet != u32::MAX {
+            let fits = codec::encoded_len(&packet, self.version)
+                .is_ok_and(|n| n as u64 <= u64::from(self.client_max_packet));
+            if !fits {
+                // MQTT-3.1.2-25: never send more than the client's Maximum Packet Size.
+                Counters::add(&self.inner.counters.messages_dropped, 1);
+                return false;
+            }
+        }
+        self.send(&packet);
+        Counters::add(&self.inner.counters.messages_sent, 1);
+        true
+    }
+
+    /// After a session is resumed: resend unacknowledged PUBLISH (DUP set) and PUBREL in
+    /// their original order (MQTT-4.4.0-1).
+    fn resend_inflight(&mut self) {
+        let session = self.session.clone();
+        let st = session.lock();
+        let now = Instant::now();
+        for i in st.inflight.iter() {
+            match i.stage {
+                Stage::Published => {
+                    self.encode_delivery(&i.out, Some(i.pid), true, now);
+                }
+                Stage::Released => self.send(&Packet::PubRel(Ack::new(i.pid))),
+            }
+        }
+    }
+
+    /// Moves queued messages into the write buffer, within the in-flight window.
+    fn drain_session(&mut self) {
+        let session = self.session.clone();
+        let mut st = session.lock();
+        let Some(link) = &st.conn else {
+            self.exit = Some(Exit::TakenOver);
+            return;
+        };
+        if link.generation != self.generation {
+            self.exit = Some(Exit::TakenOver);
+            return;
+        }
+        if let Some(reason) = link.kick {
+            self.fail(
+                reason,
+                format!("disconnected by the broker: {}", reason.description()),
+            );
+            return;
+        }
+        if st.queue.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        while self.wbuf.len() < WRITE_HIGH_WATER {
+            let Some(front) = st.queue.front() else { break };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= usize::from(st.send_quota) {
+                break;
+            }
+            let Some(out) = st.queue.pop_front() else {
+                break;
+            };
+            if out.msg.is_expired(now) {
+                if out.entry_id != 0 {
+                    self.inner.journal_append(Record::Done {
+                        client: self.client_id.clone(),
+                        entry: out.entry_id,
+                    });
+                }
+                continue;
+            }
+            if out.qos == QoS::AtMostOnce {
+                self.encode_delivery(&out, None, false, now);
+                continue;
+            }
+            let pid = st.alloc_pid();
+            if !self.encode_delivery(&out, Some(pid), false, now) {
+                if out.entry_id != 0 {
+                    self.inner.journal_append(Record::Done {
+                        client: self.client_id.clone(),
+                        entry: out.entry_id,
+                    });
+                }
+                continue;
+            }
+            if out.entry_id != 0 {
+                self.inner.journal_append(Record::Sent {
+                    client: self.client_id.clone(),
+                    entry: out.entry_id,
+                    pid,
+                });
+            }
+            st.inflight.push_back(Inflight {
+                pid,
+                out,
+                stage: Stage::Published,
+            });
+        }
+    }
+
+    // ---- the end ----
+
+    async fn finish(&mut self) {
+        let exit = self.exit.clone().unwrap_or(Exit::Closed);
+        let reason = match &exit {
+            Exit::Error(r, text) => Some((*r, text.clone())),
+            Exit::TakenOver => Some((
+                ReasonCode::SessionTakenOver,
+                "another connection took over this client id".to_string(),
+            )),
+            _ => None,
+        };
+        if let Some((code, text)) = &reason {
+            tracing::debug!(client = %self.client_id, reason = %code, "{text}");
+            if self.v5() {
+                let props = DisconnectProperties {
+                    reason_string: Some(text.clone()),
+                    ..Default::default()
+                };
+                self.send(&Packet::Disconnect(Disconnect {
+                    reason_code: *code,
+                    properties: props,
+                }));
+            }
+        }
+        if !self.wbuf.is_empty() || self.needs_flush {
+            let wbuf = std::mem::take(&mut self.wbuf);
+            let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+                self.stream.write_all(&wbuf).await?;
+                self.stream.flush().await
+            })
+            .await;
+        }
+        let _ = tokio::time::timeout(CLOSE_FLUSH, self.stream.shutdown()).await;
+        Counters::sub(&self.inner.counters.clients_connected, 1);
+        self.detach(exit);
+    }
+
+    /// Hands the session back (offline) and publishes or schedules the will.
+    fn detach(&mut self, exit: Exit) {
+        let send_will = match &exit {
+            Exit::Disconnect { will } => *will,
+            _ => true,
+        };
+        let will = self.will.take().filter(|_| send_will);
+        let shutting_down = self.inner.shutting_down.load(Ordering::SeqCst);
+        let (ours, expiry) = {
+            let mut st = self.session.lock();
+            let ours = st
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.generation == self.generation);
+            if ours {
+                st.conn = None;
+                self.session.online.store(false, Ordering::Relaxed);
+            }
+            (ours, st.expiry)
+        };
+        if let Some(w) = will {
+            let msg = Arc::new(will::publication(&w, self.session.id));
+            let delay = self.will_delay.min(expiry);
+            if delay == 0 || shutting_down || !ours && self.session.lock().ended {
+                self.inner.router.publish(msg);
+            } else if ours {
+                will::schedule(&self.inner, &self.session, self.generation, msg, delay);
+            }
+            // Taken over with a delay and the session resumed: the reconnect cancels the will.
+        }
+        if !ours {
+            return;
+        }
+        if expiry == 0 {
+            self.inner.end_session(&self.session);
+        } else {
+            self.inner.schedule_expiry(&self.session, self.generation);
+        }
+        tracing::debug!(client = %self.client_id, "client disconnected");
+    }
+}
+
+enum IoEvent {
+    Read,
+    Wrote,
+    Eof,
+}

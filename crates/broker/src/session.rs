@@ -1,0 +1,227 @@
+//! Per-client session state (spec 4.1): subscriptions, the queue of messages waiting to be
+//! sent, the outbound in-flight window, and inbound QoS 2 packet ids awaiting PUBREL.
+//!
+//! A session outlives its network connections when its expiry interval is non-zero. The
+//! router appends to the queue under the session's mutex (a short, non-async section) and
+//! signals the connection task, which drains the queue into its write buffer on its next
+//! wakeup; there is no task or channel per subscriber or per message.
+//!
+//! Slow-consumer policy: each session queues at most `Limits::max_queued_messages` messages
+//! (beyond the in-flight window). When the queue is full the NEW message is dropped (like
+//! mosquitto), whatever its QoS, and counted in `messages_dropped`; older queued messages
+//! keep their order so a consumer that catches up sees a gap, never a reordering. QoS 0
+//! messages are not queued for disconnected sessions. A connected client whose socket stops
+//! draining fills its queue the same way: the connection moves messages into its write
+//! buffer only while that buffer is below a small high-water mark.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use codec::{QoS, ReasonCode, SubscribeOptions};
+use tokio::{sync::Notify, task::AbortHandle};
+
+use crate::message::{Message, Publication};
+
+/// One message for one session: the shared publication plus this delivery's options.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub msg: Arc<Publication>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: Vec<u32>,
+    /// The journal entry id; 0 when this delivery is not persisted.
+    pub entry_id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREC received and PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub pid: u16,
+    pub out: Outgoing,
+    pub stage: Stage,
+}
+
+/// A subscription as the session remembers it (to restore it and to remove it on clean).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubRecord {
+    pub options: SubscribeOptions,
+    pub sub_id: Option<u32>,
+}
+
+/// The link from a session to the connection currently serving it.
+#[derive(Debug)]
+pub struct ConnLink {
+    /// Which connection: a connection that finds a different generation has been taken over.
+    pub generation: u64,
+    pub signal: Arc<Notify>,
+    pub principal: Arc<str>,
+    /// Set to ask the connection to send DISCONNECT with this reason and close.
+    pub kick: Option<ReasonCode>,
+}
+
+#[derive(Debug, Default)]
+pub struct SessionState {
+    pub conn: Option<ConnLink>,
+    pub generation: u64,
+    /// Session expiry interval in seconds; `u32::MAX` never expires.
+    pub expiry: u32,
+    /// Whether this session is written to the journal.
+    pub persistent: bool,
+    /// The session was discarded (clean start, expiry); the router must not queue to it.
+    pub ended: bool,
+    /// Raw filter (including any `$share/` prefix) -> options.
+    pub subs: HashMap<String, SubRecord>,
+    pub queue: VecDeque<Outgoing>,
+    pub inflight: VecDeque<Inflight>,
+    /// Outbound window: the client's Receive Maximum capped by ours.
+    pub send_quota: u16,
+    pub next_pid: u16,
+    /// Inbound QoS 2 packet ids whose PUBREL has not arrived yet.
+    pub inbound_qos2: Vec<u16>,
+    /// A delayed will waiting to be published; cancelled if the client reconnects.
+    pub pending_will: Option<PendingWill>,
+    pub dropped: u64,
+}
+
+impl SessionState {
+    /// A packet identifier not used by any in-flight message.
+    pub fn alloc_pid(&mut self) -> u16 {
+        loop {
+            self.next_pid = self.next_pid.wrapping_add(1);
+            if self.next_pid == 0 {
+                self.next_pid = 1;
+            }
+            let pid = self.next_pid;
+            if !self.inflight.iter().any(|i| i.pid == pid) {
+                return pid;
+            }
+        }
+    }
+
+    pub fn signal(&self) {
+        if let Some(c) = &self.conn {
+            c.signal.notify_one();
+        }
+    }
+
+    /// Index of the in-flight entry with `pid`; acks usually arrive in order, so this
+    /// normally finds it at the front.
+    pub fn inflight_pos(&self, pid: u16) -> Option<usize> {
+        self.inflight.iter().position(|i| i.pid == pid)
+    }
+}
+
+/// A will message waiting for its Will Delay Interval.
+#[derive(Debug)]
+pub struct PendingWill {
+    pub abort: AbortHandle,
+    pub msg: Arc<Publication>,
+}
+
+/// Where messages for an in-process subscriber go instead of a queue.
+#[derive(Debug)]
+pub struct LocalSink {
+    pub tx: tokio::sync::mpsc::Sender<Message>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per session object (No Local compares it with `Publication::origin`).
+    pub id: u64,
+    pub client_id: Arc<str>,
+    pub online: AtomicBool,
+    pub state: Mutex<SessionState>,
+    pub local: Option<LocalSink>,
+}
+
+/// What happened to a message offered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Not queued on purpose (QoS 0 for an offline session, session ended).
+    Skipped,
+    /// Dropped by the slow-consumer policy or a lagging local subscriber.
+    Dropped,
+}
+
+impl Session {
+    pub fn new(id: u64, client_id: Arc<str>) -> Session {
+        Session {
+            id,
+            client_id,
+            online: AtomicBool::new(false),
+            state: Mutex::new(SessionState {
+                send_quota: 1,
+                ..SessionState::default()
+            }),
+            local: None,
+        }
+    }
+
+    pub fn new_local(
+        id: u64,
+        client_id: Arc<str>,
+        tx: tokio::sync::mpsc::Sender<Message>,
+    ) -> Session {
+        let mut s = Session::new(id, client_id);
+        s.online = AtomicBool::new(true);
+        s.local = Some(LocalSink { tx });
+        s
+    }
+
+    /// Locks the state; a poisoned lock (a panic elsewhere) is recovered, since the state
+    /// is plain data that stays consistent between statements.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    /// Offers a message to this session, applying the slow-consumer policy.
+    /// `persist` is called (under the session lock, so journal order matches queue order)
+    /// for a QoS 1/2 message to a persistent session and returns the journal entry id.
+    pub fn offer(
+        &self,
+        mut out: Outgoing,
+        max_queued: usize,
+        persist: impl FnOnce(&Outgoing) -> u64,
+    ) -> Offer {
+        if let Some(local) = &self.local {
+            return match local.tx.try_send(out.msg.to_message(out.qos, out.retain)) {
+                Ok(()) => Offer::Queued,
+                Err(_) => Offer::Dropped,
+            };
+        }
+        let mut st = self.lock();
+        if st.ended || (st.conn.is_none() && out.qos == QoS::AtMostOnce) {
+            return Offer::Skipped;
+        }
+        if st.queue.len() >= max_queued {
+            st.dropped += 1;
+            return Offer::Dropped;
+        }
+        if st.persistent && out.qos != QoS::AtMostOnce {
+            out.entry_id = persist(&out);
+        }
+        let was_empty = st.queue.is_empty();
+        st.queue.push_back(out);
+        if was_empty {
+            st.signal();
+        }
+        Offer::Queued
+    }
+}

@@ -1,0 +1,102 @@
+//! `devicecloud server`: the broker, the certificate authority, the device registry, the HTTP
+//! API and the dashboard, in the foreground until SIGTERM or SIGINT.
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use server::{
+    config::{CONFIG_FILE_NAME, ServerConfig},
+    runtime::{Server, ServerOptions},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file (TOML). Default: server.toml in the data directory, if present.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (CA, certificates, database). Default: $DEVICECLOUD_DATA, else
+    /// $XDG_DATA_HOME/devicecloud, else ~/.local/share/devicecloud.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Listen on URL instead of the configured listeners (repeatable): mqtt://, mqtts://,
+    /// ws://, wss:// for the broker; https://, http:// for the API and dashboard.
+    #[arg(long = "listen", value_name = "URL")]
+    pub listen: Vec<String>,
+    /// Print a configuration file with every default commented out, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.print_config {
+        print!(
+            "{}",
+            ServerConfig::default_file_text(&server::runtime::default_limits())
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let data_dir = args.data.unwrap_or_else(store::default_data_dir);
+    let config = match &args.config {
+        Some(path) => ServerConfig::load(path)?,
+        None => ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?,
+    };
+    let mut options = ServerOptions::new(config, &data_dir);
+    options.listen = args.listen;
+    let running = Server::start(options).await.with_context(|| {
+        format!(
+            "cannot start the server (data directory {})",
+            data_dir.display()
+        )
+    })?;
+
+    // The one place the admin password is shown: stdout, never the log.
+    let mut out = std::io::stdout().lock();
+    if let Some(password) = &running.initial_admin_password {
+        writeln!(out, "Created user 'admin' with password: {password}")?;
+        writeln!(
+            out,
+            "  (shown only now; change it with `devicecloud user passwd admin`)"
+        )?;
+    }
+    writeln!(
+        out,
+        "devicecloud server running, data in {}",
+        data_dir.display()
+    )?;
+    for listener in &running.listeners {
+        writeln!(out, "  listening on {}", listener.url)?;
+    }
+    writeln!(
+        out,
+        "  CA certificate: {} (SHA-256 {})",
+        running.ctx.ca.cert_path().display(),
+        running.ca_fingerprint()
+    )?;
+    out.flush()?;
+    drop(out);
+
+    let signal = shutdown_signal().await?;
+    tracing::info!("{signal}: shutting down");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        tokio::select! {
+            _ = term.recv() => Ok("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}

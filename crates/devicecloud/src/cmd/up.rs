@@ -1,0 +1,292 @@
+//! `devicecloud up`: the hello world. A server with its data in the per-user directory and, in
+//! the same process, a simulated device `demo` (an LED, a button, a drifting temperature)
+//! enrolled like a real one. Prints the dashboard URL and the login; Ctrl-C stops both.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use proto::bundle::Bundle;
+use server::{
+    RunningServer,
+    config::{CONFIG_FILE_NAME, ListenerKind, ServerConfig},
+    runtime::{Server, ServerOptions},
+};
+
+/// Loopback only: `up` is a demo on this machine; `--listen` opens it up.
+const DEFAULT_LISTENERS: [&str; 3] = [
+    "https://127.0.0.1:8443",
+    "mqtts://127.0.0.1:8883",
+    "mqtt://127.0.0.1:1883",
+];
+/// The simulated device's id.
+pub const DEMO_DEVICE: &str = "demo";
+/// Where `up` keeps the admin password it generated, so that later runs can print it again.
+pub const PASSWORD_FILE: &str = "up-admin-password";
+/// The demo agent's directory inside the data directory (bundle, outbox, simulated lines).
+pub const DEMO_DIR: &str = "up-demo";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Data directory (CA, certificates, database, the demo device). Default: $DEVICECLOUD_DATA,
+    /// else $XDG_DATA_HOME/devicecloud, else ~/.local/share/devicecloud.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Listen on URL instead of the defaults (repeatable): https://127.0.0.1:8443,
+    /// mqtts://127.0.0.1:8883 and mqtt://127.0.0.1:1883.
+    #[arg(long = "listen", value_name = "URL")]
+    pub listen: Vec<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let data_dir = args.data.unwrap_or_else(store::default_data_dir);
+    let config = ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?;
+    let listen = if args.listen.is_empty() {
+        DEFAULT_LISTENERS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.listen
+    };
+    let running = Server::start(ServerOptions::new(config, &data_dir).listen(listen))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start the server (data directory {})",
+                data_dir.display()
+            )
+        })?;
+
+    let password = admin_password(&data_dir, running.initial_admin_password.as_deref())?;
+    let agent = match start_demo(&running, &data_dir).await {
+        Ok(agent) => Some(agent),
+        Err(err) => {
+            eprintln!("devicecloud up: the demo device could not start: {err:#}");
+            eprintln!("  the server runs anyway; see `devicecloud device list`");
+            None
+        }
+    };
+    print_welcome(&running, &data_dir, &password)?;
+
+    let signal = shutdown_signal().await?;
+    tracing::info!("{signal}: shutting down");
+    if let Some(agent) = agent {
+        // The device says goodbye (status offline) while the broker is still there.
+        if tokio::time::timeout(Duration::from_secs(5), agent.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the demo device did not stop within 5 s");
+        }
+    }
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What to print for the admin's password: the one created now (and kept in
+/// `DATA/up-admin-password`, mode 0600), or the one kept by an earlier run.
+fn admin_password(data_dir: &Path, created: Option<&str>) -> anyhow::Result<PasswordNote> {
+    let path = data_dir.join(PASSWORD_FILE);
+    if let Some(password) = created {
+        proto::bundle::write_private(&path, password.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        return Ok(PasswordNote::Known {
+            password: password.to_string(),
+            path,
+            new: true,
+        });
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(PasswordNote::Known {
+            password: text.trim().to_string(),
+            path,
+            new: false,
+        }),
+        _ => Ok(PasswordNote::Unknown),
+    }
+}
+
+enum PasswordNote {
+    Known {
+        password: String,
+        path: PathBuf,
+        new: bool,
+    },
+    /// The users were made some other way (e.g. `devicecloud server` printed the password once).
+    Unknown,
+}
+
+/// Registers `demo` on first run and enrolls it through the server's own HTTPS API, like a
+/// real device; later runs reuse the bundle it saved. Then starts the simulated agent.
+async fn start_demo(
+    running: &RunningServer,
+    data_dir: &Path,
+) -> anyhow::Result<agent::agent::AgentHandle> {
+    let dir = data_dir.join(DEMO_DIR);
+    let bundle_path = dir.join("bundle.toml");
+    let store = &running.ctx.store;
+    let registered = store.devices().get(DEMO_DEVICE).await?.is_some();
+    let bundle = if registered && bundle_path.exists() {
+        Bundle::load(&bundle_path)?
+    } else {
+        if registered {
+            // Registered but its bundle is gone: start it over.
+            store.devices().remove(DEMO_DEVICE).await?;
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let bundle = enroll_demo(running).await?;
+        bundle.save(&bundle_path)?;
+        bundle
+    };
+    let config = agent::demo::demo_config(dir);
+    let gpio = agent::agent::gpio_for(&config);
+    let handle = agent::agent::Agent::start(config, bundle, gpio, std::future::pending()).await?;
+    if !handle.wait_connected(Duration::from_secs(10)).await {
+        tracing::warn!("the demo device has not connected yet; it keeps trying");
+    }
+    Ok(handle)
+}
+
+async fn enroll_demo(running: &RunningServer) -> anyhow::Result<Bundle> {
+    let store = &running.ctx.store;
+    store
+        .devices()
+        .add(
+            DEMO_DEVICE,
+            &store::DeviceCredential::Pending,
+            &store::Grants::default(),
+        )
+        .await?;
+    let code = store::secret::generate_enroll_code();
+    let expires_at = store::now_ms() + 15 * 60 * 1000;
+    store
+        .enroll()
+        .create(
+            DEMO_DEVICE,
+            &store::secret::hash_enroll_code(&code),
+            expires_at,
+        )
+        .await?;
+    let api_url = api_url(running)?;
+    agent::enroll::enroll(&api_url, &code, &running.ca_fingerprint())
+        .await
+        .with_context(|| format!("enrolling the demo device at {api_url}"))
+}
+
+/// The web listener's URL as this machine reaches it.
+fn api_url(running: &RunningServer) -> anyhow::Result<String> {
+    let (kind, addr) = running
+        .listeners
+        .iter()
+        .find(|l| l.kind == ListenerKind::Https)
+        .or_else(|| {
+            running
+                .listeners
+                .iter()
+                .find(|l| l.kind == ListenerKind::Http)
+        })
+        .map(|l| (l.kind, l.addr))
+        .context(
+            "no https:// (or http://) listener: add one with --listen https://127.0.0.1:8443",
+        )?;
+    let scheme = if kind == ListenerKind::Https {
+        "https"
+    } else {
+        "http"
+    };
+    // The server certificate names `localhost`; a wildcard address is reachable there too.
+    let host = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        "localhost".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    Ok(format!("{scheme}://{host}:{}", addr.port()))
+}
+
+fn print_welcome(
+    running: &RunningServer,
+    data_dir: &Path,
+    password: &PasswordNote,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let url = api_url(running).unwrap_or_else(|_| "(no web listener)".to_string());
+    writeln!(out)?;
+    writeln!(out, "devicecloud is up.")?;
+    writeln!(out)?;
+    writeln!(out, "  Dashboard:  {url}/")?;
+    match password {
+        PasswordNote::Known {
+            password,
+            path,
+            new,
+        } => {
+            writeln!(out, "  Login:      admin / {password}")?;
+            let when = if *new {
+                "created now"
+            } else {
+                "from the first run"
+            };
+            writeln!(
+                out,
+                "              ({when}; kept in {} so that `devicecloud up` can show it again;",
+                path.display()
+            )?;
+            writeln!(
+                out,
+                "               after `devicecloud user passwd admin`, delete that file)"
+            )?;
+        }
+        PasswordNote::Unknown => {
+            writeln!(out, "  Login:      admin, with the password set earlier")?;
+            writeln!(
+                out,
+                "              (forgotten? `devicecloud user passwd admin --data {}`)",
+                data_dir.display()
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "  Device:     '{DEMO_DEVICE}' (simulated): toggle its LED on the device page"
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "  The certificate is issued by this server's own CA, so the browser warns once; trust {}",
+        running.ctx.ca.cert_path().display()
+    )?;
+    writeln!(
+        out,
+        "  (SHA-256 {}) to silence it.",
+        running.ca_fingerprint()
+    )?;
+    for listener in &running.listeners {
+        writeln!(out, "  Listening on {}", listener.url)?;
+    }
+    writeln!(out, "  Data in {}. Stop with Ctrl-C.", data_dir.display())?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        tokio::select! {
+            _ = term.recv() => Ok("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the `devicecloud` binary. One module per area; add yours with one line.
+
+mod cli_admin;

@@ -1,0 +1,203 @@
+//! `/metrics` (Prometheus text format: the broker's counters and the web tier's) and
+//! `/healthz` (liveness plus a database round trip).
+
+use std::{fmt::Write as _, sync::atomic::Ordering};
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use proto::acl::Role;
+
+use super::{WebState, auth::Principal, error::ApiResult};
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP devicecloud_{name} {help}");
+    let _ = writeln!(out, "# TYPE devicecloud_{name} {kind}");
+    let _ = writeln!(out, "devicecloud_{name} {value}");
+}
+
+/// The metrics text (admins only: it reveals fleet size and activity).
+pub async fn metrics(State(state): State<WebState>, principal: Principal) -> ApiResult<Response> {
+    principal.require(Role::Admin)?;
+    let s = state.ctx.broker.stats();
+    let mut out = String::with_capacity(4096);
+    metric(
+        &mut out,
+        "mqtt_clients_connected",
+        "gauge",
+        "Connected MQTT clients.",
+        s.clients_connected,
+    );
+    metric(
+        &mut out,
+        "mqtt_sessions",
+        "gauge",
+        "MQTT sessions, connected or not.",
+        s.sessions,
+    );
+    metric(
+        &mut out,
+        "mqtt_connections_total",
+        "counter",
+        "MQTT connections accepted.",
+        s.connections_total,
+    );
+    metric(
+        &mut out,
+        "mqtt_connections_refused_total",
+        "counter",
+        "MQTT CONNECTs refused.",
+        s.connections_refused,
+    );
+    metric(
+        &mut out,
+        "mqtt_messages_received_total",
+        "counter",
+        "PUBLISH packets received.",
+        s.messages_received,
+    );
+    metric(
+        &mut out,
+        "mqtt_messages_sent_total",
+        "counter",
+        "PUBLISH packets sent.",
+        s.messages_sent,
+    );
+    metric(
+        &mut out,
+        "mqtt_bytes_received_total",
+        "counter",
+        "Bytes received from MQTT clients.",
+        s.bytes_received,
+    );
+    metric(
+        &mut out,
+        "mqtt_bytes_sent_total",
+        "counter",
+        "Bytes sent to MQTT clients.",
+        s.bytes_sent,
+    );
+    metric(
+        &mut out,
+        "mqtt_messages_dropped_total",
+        "counter",
+        "Messages not delivered (queue full, too big).",
+        s.messages_dropped,
+    );
+    metric(
+        &mut out,
+        "mqtt_publish_denied_total",
+        "counter",
+        "PUBLISHes refused by the ACL.",
+        s.publish_denied,
+    );
+    metric(
+        &mut out,
+        "mqtt_subscribe_denied_total",
+        "counter",
+        "Subscriptions refused by the ACL.",
+        s.subscribe_denied,
+    );
+    metric(
+        &mut out,
+        "mqtt_malformed_packets_total",
+        "counter",
+        "Malformed MQTT packets.",
+        s.malformed_packets,
+    );
+    metric(
+        &mut out,
+        "mqtt_retained_messages",
+        "gauge",
+        "Retained messages stored.",
+        s.retained_messages,
+    );
+    metric(
+        &mut out,
+        "mqtt_subscriptions",
+        "gauge",
+        "Active subscriptions.",
+        s.subscriptions,
+    );
+    metric(
+        &mut out,
+        "uptime_seconds",
+        "counter",
+        "Seconds since the broker started.",
+        s.uptime_secs,
+    );
+    let c = &state.counters;
+    metric(
+        &mut out,
+        "http_requests_total",
+        "counter",
+        "HTTP requests handled.",
+        c.requests.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "http_logins_failed_total",
+        "counter",
+        "Failed dashboard logins.",
+        c.logins_failed.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "commands_sent_total",
+        "counter",
+        "Commands sent through the API.",
+        c.commands_sent.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "commands_pending",
+        "gauge",
+        "Commands waiting for their device.",
+        state.ctx.twin.pending_commands() as u64,
+    );
+    metric(
+        &mut out,
+        "live_clients",
+        "gauge",
+        "Open live streams (WebSocket).",
+        c.live_clients.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "mqtt_ws_clients",
+        "gauge",
+        "MQTT over WebSocket connections on the web port.",
+        c.mqtt_ws_clients.load(Ordering::Relaxed),
+    );
+    let devices = state.ctx.twin.devices();
+    metric(
+        &mut out,
+        "devices_online",
+        "gauge",
+        "Devices currently online.",
+        devices.values().filter(|d| d.online).count() as u64,
+    );
+    let mut response = out.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// 200 when the server can reach its database; 503 otherwise.
+pub async fn healthz(State(state): State<WebState>) -> Response {
+    match state.ctx.store.change_counter().await {
+        Ok(_) => Json(serde_json::json!({ "status": "ok" })).into_response(),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({ "status": "unavailable", "error": format!("database: {err}") }),
+            ),
+        )
+            .into_response(),
+    }
+}
