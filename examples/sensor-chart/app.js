@@ -26,7 +26,7 @@ function draw() {
   const from = (Date.now() - HOUR) / 1000;
   // Slide the window: drop what is now older than an hour.
   while (data[0].length && data[0][0] < from) data.forEach((column) => column.shift());
-  status.textContent = `${data[0].length} points in the last hour`;
+  status.textContent = `${data[0].length} point${data[0].length === 1 ? '' : 's'} in the last hour`;
   if (plot) {
     plot.setData(data);
     return;
@@ -34,7 +34,8 @@ function draw() {
   plot = new uPlot({
     width: box.clientWidth || 600,
     height: 300,
-    scales: { x: { time: true } },
+    // Always the whole last hour, however few readings there are yet.
+    scales: { x: { time: true, range: () => [(Date.now() - HOUR) / 1000, Date.now() / 1000] } },
     series: [
       {},
       { label: 'min', stroke: 'transparent', points: { show: false }, value: (u, v) => fmt(v) },

@@ -67,7 +67,7 @@ read -r WEB_PORT MQTT_PORT < <(node -e '
 UP_ARGS=(up --data "$DATA" --listen "https://127.0.0.1:$WEB_PORT" --listen "mqtts://127.0.0.1:$MQTT_PORT")
 
 echo "browser test: $BIN ${UP_ARGS[*]}"
-DEVICECLOUD_LOG=${DEVICECLOUD_LOG:-info} "$BIN" "${UP_ARGS[@]}" >"$LOG" 2>&1 &
+NO_COLOR=1 DEVICECLOUD_LOG=${DEVICECLOUD_LOG:-info} "$BIN" "${UP_ARGS[@]}" >"$LOG" 2>&1 &
 SERVER_PID=$!
 
 # `up` prints the dashboard address and the login, e.g.
@@ -93,10 +93,18 @@ done
 [ -n "$URL" ] || { tail -n 40 "$LOG" >&2; die "devicecloud up printed no dashboard URL within 60s (full log: $LOG)"; }
 [ -n "$PASSWORD" ] || { tail -n 40 "$LOG" >&2; die "devicecloud up printed no admin password within 60s (full log: $LOG)"; }
 USERNAME=${USERNAME:-admin}
+if grep -q 'demo device could not start' "$LOG"; then
+    grep -A1 'demo device could not start' "$LOG" >&2
+    die "devicecloud up started without its simulated device 'demo' (full log: $LOG)"
+fi
 # Talk to the loopback address we chose, whatever host name the server prints (e.g. localhost,
 # which chromium may try on ::1 first).
 URL="https://127.0.0.1:$WEB_PORT/"
 echo "browser test: dashboard $URL, login $USERNAME"
 
 cd tests/browser
-DATA=$DATA ARTIFACTS=$ARTIFACTS CHROMIUM=$CHROMIUM node test.mjs "$URL" "$USERNAME" "$PASSWORD"
+if ! DATA=$DATA ARTIFACTS=$ARTIFACTS CHROMIUM=$CHROMIUM node test.mjs "$URL" "$USERNAME" "$PASSWORD"; then
+    echo "--- the last lines of devicecloud up's output ($LOG) ---" >&2
+    tail -n 30 "$LOG" >&2
+    exit 1
+fi

@@ -33,15 +33,24 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot create the data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error(transparent)]
     Gpio(#[from] GpioError),
     #[error("cannot write the service credentials to {path}: {source}")]
-    Credentials { path: PathBuf, source: std::io::Error },
+    Credentials {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open the simulated GPIO control socket {path}: {source}")]
-    SimSocket { path: PathBuf, source: std::io::Error },
+    SimSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Builds the GPIO backend a config asks for.
@@ -66,10 +75,18 @@ impl Agent {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<AgentHandle, AgentError> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| AgentError::DataDir { path: data_dir.clone(), source })?;
+        std::fs::create_dir_all(&data_dir).map_err(|source| AgentError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
         let meta = Arc::new(Outputs::meta_for(&config));
         let outbox = Outbox::open(&data_dir.join("outbox.db"), &config.outbox).await?;
-        let outputs = Arc::new(Mutex::new(Outputs::open(&config.outputs, &*gpio, meta.clone(), &data_dir)?));
+        let outputs = Arc::new(Mutex::new(Outputs::open(
+            &config.outputs,
+            &*gpio,
+            meta.clone(),
+            &data_dir,
+        )?));
         let mut inputs = Vec::new();
         for input in &config.inputs {
             inputs.push((input.name.clone(), gpio.request_input(input)?));
@@ -78,7 +95,11 @@ impl Agent {
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         if let Some(sim) = &sim {
             let path = data_dir.join(crate::gpio::sim::SOCKET_FILE);
-            let listener = SimGpio::bind_control(&path).map_err(|source| AgentError::SimSocket { path: path.clone(), source })?;
+            let listener =
+                SimGpio::bind_control(&path).map_err(|source| AgentError::SimSocket {
+                    path: path.clone(),
+                    source,
+                })?;
             let sim = sim.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(err) = sim.serve_control(listener).await {
@@ -90,11 +111,15 @@ impl Agent {
             Vec::new()
         } else {
             let dir = data_dir.join("credentials");
-            service_env(&bundle, &dir).map_err(|source| AgentError::Credentials { path: dir, source })?
+            service_env(&bundle, &dir)
+                .map_err(|source| AgentError::Credentials { path: dir, source })?
         };
         let log_dir = data_dir.join("logs");
         if !config.services.is_empty() {
-            std::fs::create_dir_all(&log_dir).map_err(|source| AgentError::DataDir { path: log_dir.clone(), source })?;
+            std::fs::create_dir_all(&log_dir).map_err(|source| AgentError::DataDir {
+                path: log_dir.clone(),
+                source,
+            })?;
         }
         let supervisor = Supervisor::start(&config.services, env, &log_dir);
 
@@ -116,11 +141,27 @@ impl Agent {
             input_states
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(name.clone(), StateReport { value: Value::Bool(line.initial), ts: now_ms(), cmd: None });
-            tasks.push(tokio::spawn(input_loop(name, line, input_states.clone(), state_tx.clone(), outbox.clone())));
+                .insert(
+                    name.clone(),
+                    StateReport {
+                        value: Value::Bool(line.initial),
+                        ts: now_ms(),
+                        cmd: None,
+                    },
+                );
+            tasks.push(tokio::spawn(input_loop(
+                name,
+                line,
+                input_states.clone(),
+                state_tx.clone(),
+                outbox.clone(),
+            )));
         }
         for sensor in &config.sensors {
-            tasks.push(tokio::spawn(sensor_loop(Sensor::new(sensor, &config), outbox.clone())));
+            tasks.push(tokio::spawn(sensor_loop(
+                Sensor::new(sensor, &config),
+                outbox.clone(),
+            )));
         }
 
         let (link_state, link_rx) = watch::channel(LinkState::Starting);
@@ -168,7 +209,10 @@ impl Agent {
             tokio::spawn(async move {
                 let _ = crate::fsutil::stopped(&mut stop_rx).await;
                 tracing::info!("agent stopping");
-                if tokio::time::timeout(Duration::from_secs(5), link_task).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(5), link_task)
+                    .await
+                    .is_err()
+                {
                     tracing::warn!("the broker link did not stop in time");
                 }
                 supervisor.stop_all().await;
@@ -181,7 +225,15 @@ impl Agent {
                 outbox.close().await;
             })
         };
-        Ok(AgentHandle { sim, link: link_rx, stop, task, outbox, services: statuses, data_dir })
+        Ok(AgentHandle {
+            sim,
+            link: link_rx,
+            stop,
+            task,
+            outbox,
+            services: statuses,
+            data_dir,
+        })
     }
 }
 
@@ -210,7 +262,9 @@ impl AgentHandle {
     /// Waits until the link is connected, up to `timeout`.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut rx = self.link.clone();
-        tokio::time::timeout(timeout, rx.wait_for(LinkState::is_connected)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(LinkState::is_connected))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     pub fn outbox(&self) -> &Outbox {
@@ -218,7 +272,12 @@ impl AgentHandle {
     }
 
     pub fn services(&self) -> Vec<ServiceStatus> {
-        self.services.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -251,10 +310,22 @@ async fn input_loop(
 ) {
     while let Some(edge) = line.edges.recv().await {
         let ts = now_ms();
-        let report = StateReport { value: Value::Bool(edge.value), ts, cmd: None };
-        states.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), report.clone());
+        let report = StateReport {
+            value: Value::Bool(edge.value),
+            ts,
+            cmd: None,
+        };
+        states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), report.clone());
         let _ = state_tx.send((name.clone(), report));
-        let item = Item::Event { name: name.clone(), ts, value: Value::Bool(edge.value), edge: Some(edge.edge) };
+        let item = Item::Event {
+            name: name.clone(),
+            ts,
+            value: Value::Bool(edge.value),
+            edge: Some(edge.edge),
+        };
         if let Err(err) = outbox.push(item).await
             && !matches!(err, OutboxError::Full { .. })
         {
@@ -275,7 +346,11 @@ async fn sensor_loop(mut sensor: Sensor, outbox: Outbox) {
                     tracing::info!(sensor = %sensor.name, "sensor readings work again");
                     failing = false;
                 }
-                let item = Item::Telemetry { name: sensor.name.clone(), ts: now_ms(), value };
+                let item = Item::Telemetry {
+                    name: sensor.name.clone(),
+                    ts: now_ms(),
+                    value,
+                };
                 if let Err(err) = outbox.push(item).await
                     && !matches!(err, OutboxError::Full { .. })
                 {
@@ -306,8 +381,17 @@ async fn status_loop(
     loop {
         status.updated_ms = now_ms();
         status.link = link.borrow().clone();
-        status.services = services.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        status.outbox = OutboxStatus { queued: outbox.len(), dropped: outbox.dropped(), refused_full: outbox.rejected() };
+        status.services = services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        status.outbox = OutboxStatus {
+            queued: outbox.len(),
+            dropped: outbox.dropped(),
+            refused_full: outbox.rejected(),
+        };
         if let Err(err) = status.write(&data_dir) {
             tracing::warn!(%err, "cannot write the status file");
         }
@@ -322,10 +406,19 @@ async fn status_loop(
         }
         if stopping {
             // Let the link finish saying goodbye, then write the final state.
-            let _ = tokio::time::timeout(Duration::from_secs(6), link.wait_for(|l| *l == LinkState::Stopped)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(6),
+                link.wait_for(|l| *l == LinkState::Stopped),
+            )
+            .await;
             status.link = LinkState::Stopped;
             status.updated_ms = now_ms();
-            status.services = services.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            status.services = services
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
             let _ = status.write(&data_dir);
             return;
         }

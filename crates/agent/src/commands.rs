@@ -53,7 +53,12 @@ impl Outputs {
     /// Requests every output line at its configured initial level, then re-applies the
     /// persisted desired state. A line that cannot be requested is an error: the agent must
     /// not start half-wired.
-    pub fn open(configs: &[OutputConfig], gpio: &dyn Gpio, meta: Arc<Meta>, data_dir: &Path) -> Result<Outputs, GpioError> {
+    pub fn open(
+        configs: &[OutputConfig],
+        gpio: &dyn Gpio,
+        meta: Arc<Meta>,
+        data_dir: &Path,
+    ) -> Result<Outputs, GpioError> {
         let desired_file = data_dir.join("desired.json");
         let desired: BTreeMap<String, Value> = match std::fs::read(&desired_file) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
@@ -72,9 +77,20 @@ impl Outputs {
                     ValueType::Number => Value::from(0.0),
                 })
             };
-            outputs.insert(config.name.clone(), Output { config: config.clone(), line });
+            outputs.insert(
+                config.name.clone(),
+                Output {
+                    config: config.clone(),
+                    line,
+                },
+            );
         }
-        let mut this = Outputs { outputs, meta, desired_file, desired };
+        let mut this = Outputs {
+            outputs,
+            meta,
+            desired_file,
+            desired,
+        };
         let desired = this.desired.clone();
         for (name, value) in desired {
             if this.meta.check_command(&name, &value).is_err() {
@@ -82,7 +98,9 @@ impl Outputs {
             }
             match this.set(&name, &value) {
                 Ok(_) => tracing::info!(output = %name, %value, "re-applied the desired state"),
-                Err(err) => tracing::warn!(output = %name, %err, "cannot re-apply the desired state"),
+                Err(err) => {
+                    tracing::warn!(output = %name, %err, "cannot re-apply the desired state")
+                }
             }
         }
         Ok(this)
@@ -92,18 +110,39 @@ impl Outputs {
     pub fn meta_for(config: &crate::config::AgentConfig) -> Meta {
         Meta {
             agent: format!("devicecloud-agent/{}", env!("CARGO_PKG_VERSION")),
-            outputs: config.outputs.iter().map(|o| Port { name: o.name.clone(), value_type: o.value_type }).collect(),
-            inputs: config.inputs.iter().map(|i| Port { name: i.name.clone(), value_type: ValueType::Bool }).collect(),
+            outputs: config
+                .outputs
+                .iter()
+                .map(|o| Port {
+                    name: o.name.clone(),
+                    value_type: o.value_type,
+                })
+                .collect(),
+            inputs: config
+                .inputs
+                .iter()
+                .map(|i| Port {
+                    name: i.name.clone(),
+                    value_type: ValueType::Bool,
+                })
+                .collect(),
             sensors: config
                 .sensors
                 .iter()
-                .map(|s| proto::payload::Sensor { name: s.name.clone(), unit: s.unit.clone(), interval_ms: Some(s.interval_ms) })
+                .map(|s| proto::payload::Sensor {
+                    name: s.name.clone(),
+                    unit: s.unit.clone(),
+                    interval_ms: Some(s.interval_ms),
+                })
                 .collect(),
         }
     }
 
     fn set(&mut self, name: &str, value: &Value) -> Result<Value, GpioError> {
-        let output = self.outputs.get_mut(name).ok_or_else(|| GpioError::UnknownLine(name.into()))?;
+        let output = self
+            .outputs
+            .get_mut(name)
+            .ok_or_else(|| GpioError::UnknownLine(name.into()))?;
         match &mut output.line {
             Line::Gpio(line) => {
                 line.set(value.as_bool().unwrap_or(false))?;
@@ -120,7 +159,13 @@ impl Outputs {
     pub fn apply(&mut self, name: &str, command: Command) -> Applied {
         let id = command.id.clone();
         let fail = |error: String| Applied {
-            ack: id.clone().map(|id| Ack { id, name: name.to_string(), ok: false, value: None, error: Some(error) }),
+            ack: id.clone().map(|id| Ack {
+                id,
+                name: name.to_string(),
+                ok: false,
+                value: None,
+                error: Some(error),
+            }),
             state: None,
         };
         if let Err(error) = self.meta.check_command(name, &command.value) {
@@ -137,9 +182,19 @@ impl Outputs {
                 ) {
                     tracing::warn!(path = %self.desired_file.display(), %err, "cannot persist the desired state; it will not survive a restart");
                 }
-                let state = StateReport { value: actual.clone(), ts: now_ms(), cmd: id.clone() };
+                let state = StateReport {
+                    value: actual.clone(),
+                    ts: now_ms(),
+                    cmd: id.clone(),
+                };
                 Applied {
-                    ack: id.map(|id| Ack { id, name: name.to_string(), ok: true, value: Some(actual), error: None }),
+                    ack: id.map(|id| Ack {
+                        id,
+                        name: name.to_string(),
+                        ok: true,
+                        value: Some(actual),
+                        error: None,
+                    }),
                     state: Some((name.to_string(), state)),
                 }
             }
@@ -160,7 +215,14 @@ impl Outputs {
                     Line::Gpio(line) => Value::Bool(line.get().ok()?),
                     Line::Virtual(v) => v.clone(),
                 };
-                Some((name.clone(), StateReport { value, ts, cmd: None }))
+                Some((
+                    name.clone(),
+                    StateReport {
+                        value,
+                        ts,
+                        cmd: None,
+                    },
+                ))
             })
             .collect()
     }
@@ -194,23 +256,78 @@ type = "number"
         let mut outputs = Outputs::open(&config.outputs, &sim, meta.clone(), dir.path()).unwrap();
         assert_eq!(sim.level("led"), Some(false));
 
-        let a = outputs.apply("led", Command { value: json!(true), id: Some("c1".into()) });
+        let a = outputs.apply(
+            "led",
+            Command {
+                value: json!(true),
+                id: Some("c1".into()),
+            },
+        );
         assert_eq!(sim.level("led"), Some(true));
-        assert_eq!(a.ack, Some(Ack { id: "c1".into(), name: "led".into(), ok: true, value: Some(json!(true)), error: None }));
+        assert_eq!(
+            a.ack,
+            Some(Ack {
+                id: "c1".into(),
+                name: "led".into(),
+                ok: true,
+                value: Some(json!(true)),
+                error: None
+            })
+        );
         let (name, state) = a.state.unwrap();
-        assert_eq!((name.as_str(), &state.value, state.cmd.as_deref()), ("led", &json!(true), Some("c1")));
+        assert_eq!(
+            (name.as_str(), &state.value, state.cmd.as_deref()),
+            ("led", &json!(true), Some("c1"))
+        );
 
-        let bad = outputs.apply("led", Command { value: json!("on"), id: Some("c2".into()) });
+        let bad = outputs.apply(
+            "led",
+            Command {
+                value: json!("on"),
+                id: Some("c2".into()),
+            },
+        );
         assert!(bad.state.is_none());
         let ack = bad.ack.unwrap();
         assert!(!ack.ok && ack.error.unwrap().contains("expected a bool"));
         assert_eq!(sim.level("led"), Some(true), "never applied");
-        let unknown = outputs.apply("fan", Command { value: json!(true), id: Some("c3".into()) });
-        assert!(unknown.ack.unwrap().error.unwrap().contains("unknown output 'fan'"));
-        let silent = outputs.apply("fan", Command { value: json!(true), id: None });
-        assert_eq!(silent, Applied { ack: None, state: None });
+        let unknown = outputs.apply(
+            "fan",
+            Command {
+                value: json!(true),
+                id: Some("c3".into()),
+            },
+        );
+        assert!(
+            unknown
+                .ack
+                .unwrap()
+                .error
+                .unwrap()
+                .contains("unknown output 'fan'")
+        );
+        let silent = outputs.apply(
+            "fan",
+            Command {
+                value: json!(true),
+                id: None,
+            },
+        );
+        assert_eq!(
+            silent,
+            Applied {
+                ack: None,
+                state: None
+            }
+        );
 
-        let n = outputs.apply("speed", Command { value: json!(42.5), id: None });
+        let n = outputs.apply(
+            "speed",
+            Command {
+                value: json!(42.5),
+                id: None,
+            },
+        );
         assert_eq!(n.state.unwrap().1.value, json!(42.5));
 
         // A power cut: new lines at their initial level, then the desired state comes back.
@@ -218,7 +335,11 @@ type = "number"
         let sim = SimGpio::new(None);
         let mut outputs = Outputs::open(&config.outputs, &sim, meta, dir.path()).unwrap();
         assert_eq!(sim.level("led"), Some(true));
-        let states: BTreeMap<_, _> = outputs.states().into_iter().map(|(n, s)| (n, s.value)).collect();
+        let states: BTreeMap<_, _> = outputs
+            .states()
+            .into_iter()
+            .map(|(n, s)| (n, s.value))
+            .collect();
         assert_eq!(states["led"], json!(true));
         assert_eq!(states["speed"], json!(42.5));
     }

@@ -17,9 +17,17 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{origin}{}: {}{message}", line.map(|l| format!(":{l}")).unwrap_or_default(), key.as_ref().map(|k| format!("key '{k}': ")).unwrap_or_default())]
-    Invalid { origin: String, line: Option<usize>, key: Option<String>, message: String },
+    Invalid {
+        origin: String,
+        line: Option<usize>,
+        key: Option<String>,
+        message: String,
+    },
     #[error("{0}")]
     Bundle(#[from] proto::bundle::BundleError),
 }
@@ -207,14 +215,16 @@ impl<'de> Deserialize<'de> for LineRef {
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LineRef, E> {
                 if v.is_empty() {
-                    return Err(E::custom("the line name is empty; use a name like \"GPIO17\" or an offset like 17"));
+                    return Err(E::custom(
+                        "the line name is empty; use a name like \"GPIO17\" or an offset like 17",
+                    ));
                 }
                 Ok(LineRef::Name(v.to_string()))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<LineRef, E> {
-                u32::try_from(v)
-                    .map(LineRef::Offset)
-                    .map_err(|_| E::custom(format!("line offset {v} is out of range; use 0 or more")))
+                u32::try_from(v).map(LineRef::Offset).map_err(|_| {
+                    E::custom(format!("line offset {v} is out of range; use 0 or more"))
+                })
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<LineRef, E> {
                 u32::try_from(v)
@@ -384,8 +394,10 @@ impl AgentConfig {
     /// Reads and validates `agent.toml`.
     pub fn load(path: impl AsRef<Path>) -> Result<AgentConfig, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut config = AgentConfig::parse(&text, &path.display().to_string())?;
         config.origin = Some(path.to_path_buf());
         if let Some(dir) = path.parent() {
@@ -406,10 +418,14 @@ impl AgentConfig {
         let config: AgentConfig = toml::from_str(text).map_err(|err| {
             let line = err.span().map(|span| line_of(text, span.start));
             let message = err.message().trim().to_string();
-            let key = unknown_field(&message).or_else(|| {
-                err.span().and_then(|span| key_at(text, span.start))
-            });
-            ConfigError::Invalid { origin: origin.to_string(), line, key, message }
+            let key = unknown_field(&message)
+                .or_else(|| err.span().and_then(|span| key_at(text, span.start)));
+            ConfigError::Invalid {
+                origin: origin.to_string(),
+                line,
+                key,
+                message,
+            }
         })?;
         config.validate(&Locator { text, origin })?;
         Ok(config)
@@ -417,7 +433,11 @@ impl AgentConfig {
 
     /// The bundle this config points to (`bundle = "file"` or `[connection]`).
     pub fn load_bundle(&self) -> Result<Bundle, ConfigError> {
-        let origin = self.origin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "agent config".into());
+        let origin = self
+            .origin
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "agent config".into());
         match (&self.bundle, &self.connection) {
             (Some(path), None) => Ok(Bundle::load(path)?),
             (None, Some(table)) => {
@@ -446,19 +466,22 @@ impl AgentConfig {
 
     fn validate(&self, loc: &Locator<'_>) -> Result<(), ConfigError> {
         let mut names: BTreeMap<String, &str> = BTreeMap::new();
-        let mut check_name = |section: &'static str, index: usize, name: &str| -> Result<(), ConfigError> {
-            if let Err(e) = proto::topics::validate_name(name) {
-                return Err(loc.invalid(Some((section, index)), "name", &e.to_string()));
-            }
-            if let Some(prev) = names.insert(name.to_string(), section) {
-                return Err(loc.invalid(
+        let mut check_name =
+            |section: &'static str, index: usize, name: &str| -> Result<(), ConfigError> {
+                if let Err(e) = proto::topics::validate_name(name) {
+                    return Err(loc.invalid(Some((section, index)), "name", &e.to_string()));
+                }
+                if let Some(prev) = names.insert(name.to_string(), section) {
+                    return Err(loc.invalid(
                     Some((section, index)),
                     "name",
-                    &format!("the name '{name}' is already used by an [[{prev}]]; names must be unique"),
+                    &format!(
+                        "the name '{name}' is already used by an [[{prev}]]; names must be unique"
+                    ),
                 ));
-            }
-            Ok(())
-        };
+                }
+                Ok(())
+            };
         for (i, o) in self.outputs.iter().enumerate() {
             check_name("output", i, &o.name)?;
             if o.line.is_some() && o.value_type != ValueType::Bool {
@@ -469,7 +492,11 @@ impl AgentConfig {
                 ));
             }
             if o.chip.is_some() && o.line.is_none() {
-                return Err(loc.invalid(Some(("output", i)), "chip", "`chip` needs a `line` offset next to it"));
+                return Err(loc.invalid(
+                    Some(("output", i)),
+                    "chip",
+                    "`chip` needs a `line` offset next to it",
+                ));
             }
         }
         for (i, inp) in self.inputs.iter().enumerate() {
@@ -492,7 +519,11 @@ impl AgentConfig {
                     ));
                 }
                 SensorKind::Command if s.command.as_deref().is_none_or(str::is_empty) => {
-                    return Err(loc.invalid(at, "command", "a command sensor needs `command = \"/path/to/program\"`"));
+                    return Err(loc.invalid(
+                        at,
+                        "command",
+                        "a command sensor needs `command = \"/path/to/program\"`",
+                    ));
                 }
                 _ => {}
             }
@@ -510,24 +541,47 @@ impl AgentConfig {
         for (i, s) in self.services.iter().enumerate() {
             let at = Some(("service", i));
             if proto::topics::validate_name(&s.name).is_err() {
-                return Err(loc.invalid(at, "name", &format!("invalid service name '{}': use letters, digits, '_', '-' and '.'", s.name)));
+                return Err(loc.invalid(
+                    at,
+                    "name",
+                    &format!(
+                        "invalid service name '{}': use letters, digits, '_', '-' and '.'",
+                        s.name
+                    ),
+                ));
             }
             if service_names.contains(&s.name.as_str()) {
-                return Err(loc.invalid(at, "name", &format!("the service name '{}' is used twice", s.name)));
+                return Err(loc.invalid(
+                    at,
+                    "name",
+                    &format!("the service name '{}' is used twice", s.name),
+                ));
             }
             service_names.push(&s.name);
             if s.command.trim().is_empty() {
-                return Err(loc.invalid(at, "command", "the command is empty; give a program like \"/usr/bin/python3\""));
+                return Err(loc.invalid(
+                    at,
+                    "command",
+                    "the command is empty; give a program like \"/usr/bin/python3\"",
+                ));
             }
             if s.backoff_max_ms < s.backoff_ms {
                 return Err(loc.invalid(at, "backoff_max_ms", "must be at least backoff_ms"));
             }
         }
         if self.outbox.max_entries == 0 {
-            return Err(loc.invalid(Some(("outbox", usize::MAX)), "max_entries", "the outbox must hold at least one entry"));
+            return Err(loc.invalid(
+                Some(("outbox", usize::MAX)),
+                "max_entries",
+                "the outbox must hold at least one entry",
+            ));
         }
         if self.outbox.replay_per_second == 0 {
-            return Err(loc.invalid(Some(("outbox", usize::MAX)), "replay_per_second", "must be at least 1"));
+            return Err(loc.invalid(
+                Some(("outbox", usize::MAX)),
+                "replay_per_second",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -552,7 +606,12 @@ impl Locator<'_> {
             }
             Some((name, index)) => {
                 let header = format!("[[{name}]]");
-                let pos = lines.iter().enumerate().filter(|(_, l)| l.trim() == header).nth(index)?.0;
+                let pos = lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.trim() == header)
+                    .nth(index)?
+                    .0;
                 (pos + 1, Some(pos))
             }
         };
@@ -561,7 +620,9 @@ impl Locator<'_> {
             if t.starts_with('[') {
                 break;
             }
-            if t.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) {
+            if t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+            {
                 return Some(i + 1);
             }
         }
@@ -575,7 +636,12 @@ impl Locator<'_> {
             Some((name, index)) => format!("[[{name}]] #{}: {message}", index + 1),
             None => message.to_string(),
         };
-        ConfigError::Invalid { origin: self.origin.to_string(), line, key: Some(key.to_string()), message }
+        ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            line,
+            key: Some(key.to_string()),
+            message,
+        }
     }
 }
 
@@ -588,7 +654,10 @@ fn unknown_field(message: &str) -> Option<String> {
 fn key_at(text: &str, offset: usize) -> Option<String> {
     let offset = offset.min(text.len());
     let start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let end = text[offset..].find('\n').map(|i| offset + i).unwrap_or(text.len());
+    let end = text[offset..]
+        .find('\n')
+        .map(|i| offset + i)
+        .unwrap_or(text.len());
     let line = &text[start..end];
     let (key, _) = line.split_once('=')?;
     let key = key.trim().trim_matches('"');
@@ -596,7 +665,11 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -664,7 +737,10 @@ stop_timeout_ms = 2000
         assert_eq!(c.sensors[0].metric, Some(SystemMetric::CpuTemp));
         assert_eq!(c.sensors[2].args, vec!["measure_temp".to_string()]);
         assert_eq!(c.services[0].restart, RestartPolicy::OnFailure);
-        assert_eq!(c.services[0].env.get("FOO").map(String::as_str), Some("bar"));
+        assert_eq!(
+            c.services[0].env.get("FOO").map(String::as_str),
+            Some("bar")
+        );
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         // Round trip.
         let again = AgentConfig::parse(&c.to_toml(), "x").unwrap();
@@ -702,7 +778,11 @@ stop_timeout_ms = 2000
     fn semantic_errors_name_line_and_key() {
         let e = err("[[sensor]]\nname = \"t\"\nkind = \"system\"\n");
         assert_eq!(e.key(), Some("metric"));
-        assert_eq!(e.line(), Some(1), "points at the table when the key is missing: {e}");
+        assert_eq!(
+            e.line(),
+            Some(1),
+            "points at the table when the key is missing: {e}"
+        );
         assert!(e.to_string().contains("cpu_temp"), "{e}");
         let e = err("[[output]]\nname = \"a\"\n[[output]]\nname = \"a\"\n");
         assert_eq!((e.line(), e.key()), (Some(4), Some("name")), "{e}");

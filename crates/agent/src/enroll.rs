@@ -23,7 +23,9 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    #[error("--ca-sha256 must be 64 hex digits (the SHA-256 of the CA certificate, as printed by `devicecloud device add --enroll`), got '{0}'")]
+    #[error(
+        "--ca-sha256 must be 64 hex digits (the SHA-256 of the CA certificate, as printed by `devicecloud device add --enroll`), got '{0}'"
+    )]
     BadPin(String),
     #[error("enrollment needs an https:// URL (the code must not travel in clear), got '{0}'")]
     NotHttps(String),
@@ -31,7 +33,9 @@ pub enum EnrollError {
     Key(String),
     #[error("cannot reach {url}: {message}")]
     Http { url: String, message: String },
-    #[error("the server refused the enrollment code (wrong, already used or expired); make a new one with `devicecloud device add NAME --enroll`")]
+    #[error(
+        "the server refused the enrollment code (wrong, already used or expired); make a new one with `devicecloud device add NAME --enroll`"
+    )]
     CodeRefused,
     #[error("the server answered {status}: {body}")]
     Server { status: u16, body: String },
@@ -55,7 +59,9 @@ struct EnrollResponse {
 pub fn parse_pin(hex_pin: &str) -> Result<[u8; 32], EnrollError> {
     let clean: String = hex_pin.chars().filter(|c| *c != ':').collect();
     let bytes = hex::decode(&clean).map_err(|_| EnrollError::BadPin(hex_pin.into()))?;
-    bytes.try_into().map_err(|_| EnrollError::BadPin(hex_pin.into()))
+    bytes
+        .try_into()
+        .map_err(|_| EnrollError::BadPin(hex_pin.into()))
 }
 
 /// Checks the server's chain against a pinned CA.
@@ -67,7 +73,10 @@ pub struct PinnedCaVerifier {
 
 impl PinnedCaVerifier {
     pub fn new(pin: [u8; 32]) -> PinnedCaVerifier {
-        PinnedCaVerifier { pin, provider: Arc::new(rustls::crypto::ring::default_provider()) }
+        PinnedCaVerifier {
+            pin,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        }
     }
 }
 
@@ -89,10 +98,13 @@ impl ServerCertVerifier for PinnedCaVerifier {
                 )
             })?;
         let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned()).map_err(|e| rustls::Error::General(format!("the pinned CA is unusable: {e}")))?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("the pinned CA is unusable: {e}")))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
@@ -102,7 +114,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -111,20 +128,32 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// A fresh key pair and a CSR for it (CN = `device`; the server puts the real device id in).
 pub fn key_and_csr() -> Result<(String, String), EnrollError> {
     let key = rcgen::KeyPair::generate().map_err(|e| EnrollError::Key(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| EnrollError::Key(e.to_string()))?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "device");
-    let csr = params.serialize_request(&key).map_err(|e| EnrollError::Key(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| EnrollError::Key(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "device");
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| EnrollError::Key(e.to_string()))?;
     let csr_pem = csr.pem().map_err(|e| EnrollError::Key(e.to_string()))?;
     Ok((key.serialize_pem(), csr_pem))
 }
@@ -136,41 +165,65 @@ pub async fn enroll(api_url: &str, code: &str, ca_sha256: &str) -> Result<Bundle
         return Err(EnrollError::NotHttps(api_url.into()));
     }
     let (key_pem, csr_pem) = key_and_csr()?;
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| EnrollError::Key(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier::new(pin)))
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| EnrollError::Key(e.to_string()))?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier::new(pin)))
+    .with_no_client_auth();
     let http = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(std::time::Duration::from_secs(30))
         .build()
-        .map_err(|e| EnrollError::Http { url: api_url.into(), message: e.to_string() })?;
+        .map_err(|e| EnrollError::Http {
+            url: api_url.into(),
+            message: e.to_string(),
+        })?;
     let url = format!("{}/api/v1/enroll", api_url.trim_end_matches('/'));
     let response = http
         .post(&url)
-        .json(&EnrollRequest { code: code.trim(), csr_pem: &csr_pem })
+        .json(&EnrollRequest {
+            code: code.trim(),
+            csr_pem: &csr_pem,
+        })
         .send()
         .await
-        .map_err(|e| EnrollError::Http { url: url.clone(), message: error_chain(&e) })?;
+        .map_err(|e| EnrollError::Http {
+            url: url.clone(),
+            message: error_chain(&e),
+        })?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED {
         return Err(EnrollError::CodeRefused);
     }
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
-        return Err(EnrollError::Server { status: status.as_u16(), body: body.chars().take(500).collect() });
+        return Err(EnrollError::Server {
+            status: status.as_u16(),
+            body: body.chars().take(500).collect(),
+        });
     }
-    let answer: EnrollResponse = response.json().await.map_err(|e| EnrollError::BadResponse(e.to_string()))?;
-    let bundle = Bundle::from_enrollment(&answer.bundle, "enrollment response", answer.cert_pem, key_pem)
+    let answer: EnrollResponse = response
+        .json()
+        .await
         .map_err(|e| EnrollError::BadResponse(e.to_string()))?;
+    let bundle = Bundle::from_enrollment(
+        &answer.bundle,
+        "enrollment response",
+        answer.cert_pem,
+        key_pem,
+    )
+    .map_err(|e| EnrollError::BadResponse(e.to_string()))?;
     // The bundle's CA must be the one we pinned: it is what the agent will trust from now on.
     let ca_matches = CertificateDer::pem_slice_iter(bundle.ca_pem.as_bytes())
         .flatten()
         .any(|c| Sha256::digest(c.as_ref()).as_slice() == pin);
     if !ca_matches {
-        return Err(EnrollError::BadResponse("the bundle's CA is not the pinned one".into()));
+        return Err(EnrollError::BadResponse(
+            "the bundle's CA is not the pinned one".into(),
+        ));
     }
     Ok(bundle)
 }
@@ -196,7 +249,12 @@ mod tests {
         assert_eq!(parse_pin(&hex64).unwrap(), [0xab; 32]);
         let colons = vec!["AB"; 32].join(":");
         assert_eq!(parse_pin(&colons).unwrap(), [0xab; 32]);
-        assert!(parse_pin("abcd").unwrap_err().to_string().contains("64 hex digits"));
+        assert!(
+            parse_pin("abcd")
+                .unwrap_err()
+                .to_string()
+                .contains("64 hex digits")
+        );
         assert!(parse_pin(&"zz".repeat(32)).is_err());
     }
 
@@ -209,7 +267,9 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_plain_http() {
-        let err = enroll("http://127.0.0.1:1", "code", &"00".repeat(32)).await.unwrap_err();
+        let err = enroll("http://127.0.0.1:1", "code", &"00".repeat(32))
+            .await
+            .unwrap_err();
         assert!(matches!(err, EnrollError::NotHttps(_)));
     }
 }

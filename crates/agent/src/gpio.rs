@@ -17,12 +17,24 @@ use crate::config::{InputConfig, OutputConfig};
 pub enum GpioError {
     #[error("GPIO chip {chip} does not exist: {hint}")]
     ChipMissing { chip: String, hint: String },
-    #[error("no GPIO line named '{line}' was found on any chip (list them with `gpioinfo`), needed by '{name}'")]
+    #[error(
+        "no GPIO line named '{line}' was found on any chip (list them with `gpioinfo`), needed by '{name}'"
+    )]
     LineNotFound { name: String, line: String },
-    #[error("GPIO line {line} on {chip} is busy (another program or a kernel driver holds it), needed by '{name}'; stop the other user or pick another line")]
-    Busy { name: String, chip: String, line: String },
+    #[error(
+        "GPIO line {line} on {chip} is busy (another program or a kernel driver holds it), needed by '{name}'; stop the other user or pick another line"
+    )]
+    Busy {
+        name: String,
+        chip: String,
+        line: String,
+    },
     #[error("cannot use GPIO line {line} for '{name}': {message}")]
-    Request { name: String, line: String, message: String },
+    Request {
+        name: String,
+        line: String,
+        message: String,
+    },
     #[error("'{0}' is not a line of this GPIO backend")]
     UnknownLine(String),
     #[error("'{0}' is an output; only inputs can be driven from outside")]
@@ -38,7 +50,10 @@ pub struct InputEdge {
 
 impl InputEdge {
     pub fn new(value: bool) -> InputEdge {
-        InputEdge { value, edge: if value { Edge::Rising } else { Edge::Falling } }
+        InputEdge {
+            value,
+            edge: if value { Edge::Rising } else { Edge::Falling },
+        }
     }
 }
 

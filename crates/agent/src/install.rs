@@ -14,11 +14,20 @@ pub enum InstallError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot write {path}: {source} (run as root, e.g. with sudo, or pass --prefix)")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot remove {path}: {source}")]
-    Remove { path: PathBuf, source: std::io::Error },
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The unit file. `binary` is the absolute path of the `devicecloud` executable.
@@ -89,11 +98,17 @@ pub struct Installed {
 /// config is pointed at the copy.
 pub fn install(prefix: &Path, config: &Path, binary: &Path) -> Result<Installed, InstallError> {
     let parsed = AgentConfig::load(config)?;
-    let mut text = std::fs::read_to_string(config).map_err(|source| InstallError::Read { path: config.into(), source })?;
+    let mut text = std::fs::read_to_string(config).map_err(|source| InstallError::Read {
+        path: config.into(),
+        source,
+    })?;
     let mut bundle = None;
     if let Some(src) = &parsed.bundle {
         let dest = prefix.join(BUNDLE_PATH);
-        let bytes = std::fs::read(src).map_err(|source| InstallError::Read { path: src.clone(), source })?;
+        let bytes = std::fs::read(src).map_err(|source| InstallError::Read {
+            path: src.clone(),
+            source,
+        })?;
         write(&dest, &bytes, 0o600)?;
         text = point_bundle_at(&text, &Path::new("/").join(BUNDLE_PATH));
         bundle = Some(dest);
@@ -102,7 +117,11 @@ pub fn install(prefix: &Path, config: &Path, binary: &Path) -> Result<Installed,
     write(&config_dest, text.as_bytes(), 0o640)?;
     let unit = prefix.join(UNIT_PATH);
     write(&unit, unit_text(binary).as_bytes(), 0o644)?;
-    Ok(Installed { unit, config: config_dest, bundle })
+    Ok(Installed {
+        unit,
+        config: config_dest,
+        bundle,
+    })
 }
 
 /// Removes what [`install`] wrote. Returns the files that were removed.
@@ -123,9 +142,15 @@ pub fn uninstall(prefix: &Path) -> Result<Vec<PathBuf>, InstallError> {
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| InstallError::Write { path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| InstallError::Write {
+            path: dir.into(),
+            source,
+        })?;
     }
-    crate::fsutil::write_atomic(path, bytes, mode).map_err(|source| InstallError::Write { path: path.into(), source })
+    crate::fsutil::write_atomic(path, bytes, mode).map_err(|source| InstallError::Write {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Replaces the top-level `bundle = "..."` line.
@@ -137,7 +162,10 @@ fn point_bundle_at(text: &str, bundle: &Path) -> String {
         if t.starts_with('[') {
             in_table = true;
         }
-        if !in_table && t.strip_prefix("bundle").is_some_and(|r| r.trim_start().starts_with('=')) {
+        if !in_table
+            && t.strip_prefix("bundle")
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        {
             out.push_str(&format!("bundle = {:?}\n", bundle.display().to_string()));
         } else {
             out.push_str(line);
@@ -156,13 +184,31 @@ mod tests {
     fn install_and_uninstall_under_a_prefix() {
         let src = tempfile::tempdir().unwrap();
         let prefix = tempfile::tempdir().unwrap();
-        std::fs::write(src.path().join("kitchen.bundle"), "device_id = \"kitchen\"\n").unwrap();
+        std::fs::write(
+            src.path().join("kitchen.bundle"),
+            "device_id = \"kitchen\"\n",
+        )
+        .unwrap();
         let config = src.path().join("agent.toml");
-        std::fs::write(&config, "bundle = \"kitchen.bundle\"\n\n[[output]]\nname = \"led\"\nline = 17\n").unwrap();
-        let done = install(prefix.path(), &config, Path::new("/usr/local/bin/devicecloud")).unwrap();
+        std::fs::write(
+            &config,
+            "bundle = \"kitchen.bundle\"\n\n[[output]]\nname = \"led\"\nline = 17\n",
+        )
+        .unwrap();
+        let done = install(
+            prefix.path(),
+            &config,
+            Path::new("/usr/local/bin/devicecloud"),
+        )
+        .unwrap();
 
         let unit = std::fs::read_to_string(&done.unit).unwrap();
-        assert_eq!(done.unit, prefix.path().join("etc/systemd/system/devicecloud-agent.service"));
+        assert_eq!(
+            done.unit,
+            prefix
+                .path()
+                .join("etc/systemd/system/devicecloud-agent.service")
+        );
         for line in [
             "Type=notify",
             "ExecStart=/usr/local/bin/devicecloud agent --config /etc/devicecloud/agent.toml",
@@ -178,11 +224,20 @@ mod tests {
             assert!(unit.lines().any(|l| l == line), "missing {line}");
         }
         let installed = std::fs::read_to_string(&done.config).unwrap();
-        assert!(installed.starts_with("bundle = \"/etc/devicecloud/device.bundle\"\n"), "{installed}");
+        assert!(
+            installed.starts_with("bundle = \"/etc/devicecloud/device.bundle\"\n"),
+            "{installed}"
+        );
         assert!(installed.contains("name = \"led\""));
         let bundle = done.bundle.unwrap();
-        assert_eq!(std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::read_to_string(&bundle).unwrap(), "device_id = \"kitchen\"\n");
+        assert_eq!(
+            std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::read_to_string(&bundle).unwrap(),
+            "device_id = \"kitchen\"\n"
+        );
 
         let removed = uninstall(prefix.path()).unwrap();
         assert_eq!(removed.len(), 3);
@@ -196,7 +251,9 @@ mod tests {
         let prefix = tempfile::tempdir().unwrap();
         let config = src.path().join("agent.toml");
         std::fs::write(&config, "[[output]]\nnam = \"led\"\n").unwrap();
-        let err = install(prefix.path(), &config, Path::new("/usr/bin/devicecloud")).unwrap_err().to_string();
+        let err = install(prefix.path(), &config, Path::new("/usr/bin/devicecloud"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("agent.toml:2") && err.contains("nam"), "{err}");
         assert!(!prefix.path().join(UNIT_PATH).exists());
     }

@@ -21,7 +21,9 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{commands::Outputs, config::LinkConfig, fsutil::now_ms, outbox::Outbox, status::LinkState};
+use crate::{
+    commands::Outputs, config::LinkConfig, fsutil::now_ms, outbox::Outbox, status::LinkState,
+};
 
 /// Messages in flight from the outbox at once.
 const WINDOW: usize = 64;
@@ -44,7 +46,12 @@ pub struct Link {
 }
 
 /// Builds the client options for one broker URL.
-pub fn client_options(bundle: &Bundle, url: &str, keep_alive: u16, tls: Option<Arc<rustls::ClientConfig>>) -> ClientOptions {
+pub fn client_options(
+    bundle: &Bundle,
+    url: &str,
+    keep_alive: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> ClientOptions {
     let mut o = ClientOptions::new(url, bundle.device_id.clone());
     o.keep_alive = keep_alive;
     o.will = Some(LastWill {
@@ -65,7 +72,9 @@ pub fn client_options(bundle: &Bundle, url: &str, keep_alive: u16, tls: Option<A
 /// The TLS configuration for a bundle: its CA, and its client certificate if it has one.
 pub fn tls_for(bundle: &Bundle) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let auth = match &bundle.credentials {
-        Credentials::Certificate { cert_pem, key_pem } => Some((cert_pem.as_str(), key_pem.as_str())),
+        Credentials::Certificate { cert_pem, key_pem } => {
+            Some((cert_pem.as_str(), key_pem.as_str()))
+        }
         Credentials::Token { .. } => None,
     };
     Ok(Arc::new(client::tls_config(&bundle.ca_pem, auth)?))
@@ -83,21 +92,33 @@ impl Link {
             Ok(t) => Some(t),
             Err(err) => {
                 tracing::error!(%err, "the bundle's certificates are unusable; the agent cannot connect");
-                let _ = self.link_state.send(LinkState::Disconnected { error: err.to_string(), retry_in_ms: 0 });
+                let _ = self.link_state.send(LinkState::Failed {
+                    error: err.to_string(),
+                });
                 let _ = crate::fsutil::stopped(&mut shutdown).await;
                 let _ = self.link_state.send(LinkState::Stopped);
                 return;
             }
         };
         let initial = Duration::from_millis(self.config.backoff_initial_ms.max(1));
-        let max = Duration::from_millis(self.config.backoff_max_ms.max(self.config.backoff_initial_ms));
+        let max = Duration::from_millis(
+            self.config
+                .backoff_max_ms
+                .max(self.config.backoff_initial_ms),
+        );
         let mut backoff = initial;
         loop {
             let mut last_error = String::new();
             let mut connected = None;
             for url in self.bundle.broker_urls.clone() {
-                let _ = self.link_state.send(LinkState::Connecting { url: url.clone() });
-                let tls = if url.starts_with("mqtts://") { tls.clone() } else { None };
+                let _ = self
+                    .link_state
+                    .send(LinkState::Connecting { url: url.clone() });
+                let tls = if url.starts_with("mqtts://") {
+                    tls.clone()
+                } else {
+                    None
+                };
                 let options = client_options(&self.bundle, &url, self.config.keep_alive_s, tls);
                 let attempt = tokio::select! {
                     r = client::connect(&options) => r,
@@ -119,7 +140,10 @@ impl Link {
             }
             if let Some((url, (client, events))) = connected {
                 tracing::info!(%url, device = %self.bundle.device_id, "connected to the broker");
-                let _ = self.link_state.send(LinkState::Connected { url: url.clone(), since_ms: now_ms() });
+                let _ = self.link_state.send(LinkState::Connected {
+                    url: url.clone(),
+                    since_ms: now_ms(),
+                });
                 backoff = initial;
                 match self.session(&client, events, &mut shutdown).await {
                     Ended::Shutdown => {
@@ -135,7 +159,10 @@ impl Link {
             }
             // Jitter spreads a fleet's reconnects after a broker restart.
             let delay = rand::rng().random_range(backoff / 2..=backoff);
-            let _ = self.link_state.send(LinkState::Disconnected { error: last_error, retry_in_ms: delay.as_millis() as u64 });
+            let _ = self.link_state.send(LinkState::Disconnected {
+                error: last_error,
+                retry_in_ms: delay.as_millis() as u64,
+            });
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = crate::fsutil::stopped(&mut shutdown) => {
@@ -150,22 +177,47 @@ impl Link {
     async fn announce(&self, client: &Client) -> Result<(), ClientError> {
         let id = &self.bundle.device_id;
         let meta = serde_json::to_vec(&*self.meta).unwrap_or_default();
-        client.publish(topics::meta(id), meta, QoS::AtLeastOnce, true).await?;
-        let mut states = self.outputs.lock().unwrap_or_else(|e| e.into_inner()).states();
-        states.extend(self.input_states.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, s)| (n.clone(), s.clone())));
+        client
+            .publish(topics::meta(id), meta, QoS::AtLeastOnce, true)
+            .await?;
+        let mut states = self
+            .outputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .states();
+        states.extend(
+            self.input_states
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(n, s)| (n.clone(), s.clone())),
+        );
         for (name, state) in states {
             let payload = serde_json::to_vec(&state).unwrap_or_default();
-            client.publish(topics::state(id, &name), payload, QoS::AtLeastOnce, true).await?;
+            client
+                .publish(topics::state(id, &name), payload, QoS::AtLeastOnce, true)
+                .await?;
         }
-        client.publish(topics::status(id), topics::ONLINE, QoS::AtLeastOnce, true).await?;
-        let code = client.subscribe(format!("{}/{}/set/+", topics::ROOT, id), QoS::AtLeastOnce).await?;
+        client
+            .publish(topics::status(id), topics::ONLINE, QoS::AtLeastOnce, true)
+            .await?;
+        let code = client
+            .subscribe(format!("{}/{}/set/+", topics::ROOT, id), QoS::AtLeastOnce)
+            .await?;
         if code.is_error() {
-            return Err(ClientError::Protocol(format!("the broker refused the subscription to set/+ ({code}); check the device's permissions")));
+            return Err(ClientError::Protocol(format!(
+                "the broker refused the subscription to set/+ ({code}); check the device's permissions"
+            )));
         }
         Ok(())
     }
 
-    async fn session(&mut self, client: &Client, mut events: Events, shutdown: &mut watch::Receiver<bool>) -> Ended {
+    async fn session(
+        &mut self,
+        client: &Client,
+        mut events: Events,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ended {
         let announce = tokio::select! {
             r = self.announce(client) => r,
             _ = crate::fsutil::stopped(shutdown) => return self.goodbye(client).await,
@@ -173,7 +225,12 @@ impl Link {
         if let Err(err) = announce {
             return Ended::Lost(err.to_string());
         }
-        let drain = drain(client.clone(), self.outbox.clone(), self.bundle.device_id.clone(), self.replay_per_second);
+        let drain = drain(
+            client.clone(),
+            self.outbox.clone(),
+            self.bundle.device_id.clone(),
+            self.replay_per_second,
+        );
         tokio::pin!(drain);
         loop {
             tokio::select! {
@@ -202,7 +259,14 @@ impl Link {
 
     async fn goodbye(&self, client: &Client) -> Ended {
         let bye = async {
-            let _ = client.publish(topics::status(&self.bundle.device_id), topics::OFFLINE, QoS::AtLeastOnce, true).await;
+            let _ = client
+                .publish(
+                    topics::status(&self.bundle.device_id),
+                    topics::OFFLINE,
+                    QoS::AtLeastOnce,
+                    true,
+                )
+                .await;
             let _ = client.disconnect().await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(3), bye).await;
@@ -210,13 +274,19 @@ impl Link {
     }
 
     async fn on_message(&self, client: &Client, p: &Publish) {
-        let Some(t) = topics::parse(p.topic.as_str()) else { return };
+        let Some(t) = topics::parse(p.topic.as_str()) else {
+            return;
+        };
         if t.kind != topics::TopicKind::Set || t.device_id != self.bundle.device_id {
             return;
         }
         let Some(name) = t.name else { return };
         let applied = match serde_json::from_slice::<Command>(&p.payload) {
-            Ok(command) => self.outputs.lock().unwrap_or_else(|e| e.into_inner()).apply(name, command),
+            Ok(command) => self
+                .outputs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .apply(name, command),
             Err(err) => {
                 // Answer malformed commands too, if we can find their id.
                 let id = serde_json::from_slice::<serde_json::Value>(&p.payload)
@@ -229,7 +299,9 @@ impl Link {
                         name: name.to_string(),
                         ok: false,
                         value: None,
-                        error: Some(format!("invalid command: {err}; expected {{\"value\": ..., \"id\": \"...\"}}")),
+                        error: Some(format!(
+                            "invalid command: {err}; expected {{\"value\": ..., \"id\": \"...\"}}"
+                        )),
                     }),
                     state: None,
                 }
@@ -237,13 +309,19 @@ impl Link {
         };
         let id = &self.bundle.device_id;
         if let Some((name, state)) = applied.state {
-            let mut msg = Publish::new(topics::state(id, &name), serde_json::to_vec(&state).unwrap_or_default());
+            let mut msg = Publish::new(
+                topics::state(id, &name),
+                serde_json::to_vec(&state).unwrap_or_default(),
+            );
             msg.qos = QoS::AtLeastOnce;
             msg.retain = true;
             let _ = client.publish_detached(msg).await;
         }
         if let Some(ack) = applied.ack {
-            let mut msg = Publish::new(topics::ack(id), serde_json::to_vec(&ack).unwrap_or_default());
+            let mut msg = Publish::new(
+                topics::ack(id),
+                serde_json::to_vec(&ack).unwrap_or_default(),
+            );
             msg.qos = QoS::AtLeastOnce;
             let _ = client.publish_detached(msg).await;
         }
@@ -262,13 +340,19 @@ impl Throttle {
     fn new(rate: u32) -> Throttle {
         let rate = f64::from(rate.max(1));
         let burst = (rate / 20.0).max(1.0);
-        Throttle { rate, burst, tokens: burst, last: Instant::now() }
+        Throttle {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
     }
 
     async fn take(&mut self) {
         loop {
             let now = Instant::now();
-            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+                .min(self.burst);
             self.last = now;
             if self.tokens >= 1.0 {
                 self.tokens -= 1.0;
@@ -291,11 +375,21 @@ async fn drain(client: Client, outbox: Outbox, device_id: String, rate: u32) -> 
         loop {
             if reported_dropped != Some(outbox.dropped()) && outbox.dropped() > 0 {
                 let dropped = outbox.dropped();
-                let state = StateReport { value: dropped.into(), ts: now_ms(), cmd: None };
-                let mut msg = Publish::new(topics::state(&device_id, DROPPED_STATE), serde_json::to_vec(&state).unwrap_or_default());
+                let state = StateReport {
+                    value: dropped.into(),
+                    ts: now_ms(),
+                    cmd: None,
+                };
+                let mut msg = Publish::new(
+                    topics::state(&device_id, DROPPED_STATE),
+                    serde_json::to_vec(&state).unwrap_or_default(),
+                );
                 msg.qos = QoS::AtLeastOnce;
                 msg.retain = true;
-                client.publish_detached(msg).await.map_err(|e| e.to_string())?;
+                client
+                    .publish_detached(msg)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 reported_dropped = Some(dropped);
             }
             let batch = outbox.peek(after, 256).await.map_err(|e| e.to_string())?;
@@ -314,7 +408,10 @@ async fn drain(client: Client, outbox: Outbox, device_id: String, rate: u32) -> 
                 throttle.take().await;
                 let mut msg = Publish::new(item.topic(&device_id), item.payload());
                 msg.qos = QoS::AtLeastOnce;
-                let delivery = client.publish_message(msg).await.map_err(|e| e.to_string())?;
+                let delivery = client
+                    .publish_message(msg)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 window.push_back((item.id, delivery));
                 after = item.id;
                 if window.len() >= WINDOW {

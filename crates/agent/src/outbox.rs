@@ -20,7 +20,9 @@ use proto::payload::{Edge, Event, Reading};
 use serde_json::Value;
 use sqlx::{
     Row,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
 };
 use tokio::sync::Notify;
 
@@ -32,7 +34,9 @@ const PAGE_SIZE: u64 = 4096;
 pub enum OutboxError {
     #[error("cannot open the outbox {path}: {source}")]
     Open { path: String, source: sqlx::Error },
-    #[error("the outbox is full (disk full or its size limit of {max_bytes} bytes reached); new readings are not queued until it drains")]
+    #[error(
+        "the outbox is full (disk full or its size limit of {max_bytes} bytes reached); new readings are not queued until it drains"
+    )]
     Full { max_bytes: u64 },
     #[error("outbox database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -41,8 +45,17 @@ pub enum OutboxError {
 /// Something to send later.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
-    Telemetry { name: String, ts: i64, value: f64 },
-    Event { name: String, ts: i64, value: Value, edge: Option<Edge> },
+    Telemetry {
+        name: String,
+        ts: i64,
+        value: f64,
+    },
+    Event {
+        name: String,
+        ts: i64,
+        value: Value,
+        edge: Option<Edge>,
+    },
 }
 
 /// A queued item with its id, ready to publish.
@@ -65,10 +78,19 @@ impl Queued {
     pub fn payload(&self) -> Vec<u8> {
         let id = u64::try_from(self.id).unwrap_or(0);
         match &self.item {
-            Item::Telemetry { ts, value, .. } => serde_json::to_vec(&Reading { id, ts: *ts, value: *value }),
-            Item::Event { ts, value, edge, .. } => {
-                serde_json::to_vec(&Event { id, ts: *ts, value: value.clone(), edge: *edge })
-            }
+            Item::Telemetry { ts, value, .. } => serde_json::to_vec(&Reading {
+                id,
+                ts: *ts,
+                value: *value,
+            }),
+            Item::Event {
+                ts, value, edge, ..
+            } => serde_json::to_vec(&Event {
+                id,
+                ts: *ts,
+                value: value.clone(),
+                edge: *edge,
+            }),
         }
         .unwrap_or_default()
     }
@@ -94,7 +116,10 @@ struct Inner {
 impl Outbox {
     /// Opens (or creates) the queue file.
     pub async fn open(path: &Path, config: &OutboxConfig) -> Result<Outbox, OutboxError> {
-        let open_err = |source| OutboxError::Open { path: path.display().to_string(), source };
+        let open_err = |source| OutboxError::Open {
+            path: path.display().to_string(),
+            source,
+        };
         let max_pages = (config.max_bytes / PAGE_SIZE).max(4);
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(open_err)?
@@ -125,15 +150,21 @@ impl Outbox {
         .execute(&pool)
         .await
         .map_err(open_err)?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-            .execute(&pool)
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .map_err(open_err)?;
+        let len: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&pool)
             .await
             .map_err(open_err)?;
-        let len: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&pool).await.map_err(open_err)?;
-        let dropped: Option<i64> = sqlx::query_scalar("SELECT value FROM counters WHERE name = 'dropped'")
-            .fetch_optional(&pool)
-            .await
-            .map_err(open_err)?;
+        let dropped: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM counters WHERE name = 'dropped'")
+                .fetch_optional(&pool)
+                .await
+                .map_err(open_err)?;
         Ok(Outbox {
             inner: Arc::new(Inner {
                 pool,
@@ -153,13 +184,30 @@ impl Outbox {
     /// refused with [`OutboxError::Full`] and everything already queued stays intact.
     pub async fn push(&self, item: Item) -> Result<i64, OutboxError> {
         let (kind, name, ts, value, edge) = match &item {
-            Item::Telemetry { name, ts, value } => ("telemetry", name, *ts, Value::from(*value).to_string(), None),
-            Item::Event { name, ts, value, edge } => (
+            Item::Telemetry { name, ts, value } => (
+                "telemetry",
+                name,
+                *ts,
+                Value::from(*value).to_string(),
+                None,
+            ),
+            Item::Event {
+                name,
+                ts,
+                value,
+                edge,
+            } => (
                 "event",
                 name,
                 *ts,
                 value.to_string(),
-                edge.map(|e| if e == Edge::Rising { "rising" } else { "falling" }),
+                edge.map(|e| {
+                    if e == Edge::Rising {
+                        "rising"
+                    } else {
+                        "falling"
+                    }
+                }),
             ),
         };
         let result = async {
@@ -199,7 +247,11 @@ impl Outbox {
                 if excess > 0 {
                     let total = self.inner.dropped.fetch_add(excess, Ordering::Relaxed) + excess;
                     if total == excess || total.is_power_of_two() {
-                        tracing::warn!(dropped_total = total, max_entries = self.inner.max_entries, "outbox full: dropping the oldest queued items");
+                        tracing::warn!(
+                            dropped_total = total,
+                            max_entries = self.inner.max_entries,
+                            "outbox full: dropping the oldest queued items"
+                        );
                     }
                 }
                 if self.inner.full.swap(false, Ordering::Relaxed) {
@@ -216,7 +268,9 @@ impl Outbox {
                         "the outbox cannot grow (disk full or size limit reached): new readings and events are NOT queued until it drains; queued ones are kept"
                     );
                 }
-                Err(OutboxError::Full { max_bytes: self.inner.max_bytes })
+                Err(OutboxError::Full {
+                    max_bytes: self.inner.max_bytes,
+                })
             }
             Err(err) => Err(err.into()),
         }
@@ -224,11 +278,13 @@ impl Outbox {
 
     /// Up to `limit` items with ids greater than `after`, oldest first.
     pub async fn peek(&self, after: i64, limit: u32) -> Result<Vec<Queued>, OutboxError> {
-        let rows = sqlx::query("SELECT id, kind, name, ts, value, edge FROM outbox WHERE id > ? ORDER BY id LIMIT ?")
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.inner.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, kind, name, ts, value, edge FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let id: i64 = row.try_get("id")?;
@@ -239,10 +295,25 @@ impl Outbox {
             let edge: Option<String> = row.try_get("edge")?;
             let value: Value = serde_json::from_str(&value).unwrap_or(Value::Null);
             let item = if kind == "telemetry" {
-                Item::Telemetry { name, ts, value: value.as_f64().unwrap_or(f64::NAN) }
+                Item::Telemetry {
+                    name,
+                    ts,
+                    value: value.as_f64().unwrap_or(f64::NAN),
+                }
             } else {
-                let edge = edge.map(|e| if e == "rising" { Edge::Rising } else { Edge::Falling });
-                Item::Event { name, ts, value, edge }
+                let edge = edge.map(|e| {
+                    if e == "rising" {
+                        Edge::Rising
+                    } else {
+                        Edge::Falling
+                    }
+                });
+                Item::Event {
+                    name,
+                    ts,
+                    value,
+                    edge,
+                }
             };
             out.push(Queued { id, item });
         }
@@ -251,18 +322,34 @@ impl Outbox {
 
     /// Removes an item the broker acknowledged.
     pub async fn remove(&self, id: i64) -> Result<(), OutboxError> {
-        let done = sqlx::query("DELETE FROM outbox WHERE id = ?").bind(id).execute(&self.inner.pool).await?;
+        let done = sqlx::query("DELETE FROM outbox WHERE id = ?")
+            .bind(id)
+            .execute(&self.inner.pool)
+            .await?;
         if done.rows_affected() > 0 {
-            let _ = self.inner.len.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+            let _ = self
+                .inner
+                .len
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
         }
         Ok(())
     }
 
     /// Removes every item up to and including `id`: the broker acknowledged them in order.
     pub async fn remove_through(&self, id: i64) -> Result<(), OutboxError> {
-        let done = sqlx::query("DELETE FROM outbox WHERE id <= ?").bind(id).execute(&self.inner.pool).await?;
+        let done = sqlx::query("DELETE FROM outbox WHERE id <= ?")
+            .bind(id)
+            .execute(&self.inner.pool)
+            .await?;
         let n = done.rows_affected();
-        let _ = self.inner.len.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |len| Some(len.saturating_sub(n)));
+        let _ = self
+            .inner
+            .len
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |len| {
+                Some(len.saturating_sub(n))
+            });
         Ok(())
     }
 
@@ -310,7 +397,11 @@ mod tests {
     use super::*;
 
     fn reading(i: i64) -> Item {
-        Item::Telemetry { name: "t".into(), ts: 1_700_000_000_000 + i, value: i as f64 }
+        Item::Telemetry {
+            name: "t".into(),
+            ts: 1_700_000_000_000 + i,
+            value: i as f64,
+        }
     }
 
     #[tokio::test]
@@ -320,13 +411,24 @@ mod tests {
         let config = OutboxConfig::default();
         let ob = Outbox::open(&path, &config).await.unwrap();
         let a = ob.push(reading(1)).await.unwrap();
-        let b = ob.push(Item::Event { name: "button".into(), ts: 5, value: Value::Bool(true), edge: Some(Edge::Rising) }).await.unwrap();
+        let b = ob
+            .push(Item::Event {
+                name: "button".into(),
+                ts: 5,
+                value: Value::Bool(true),
+                edge: Some(Edge::Rising),
+            })
+            .await
+            .unwrap();
         assert!(b > a);
         let items = ob.peek(0, 10).await.unwrap();
         assert_eq!(items.len(), 2);
         assert_eq!(items[1].topic("d1"), "devices/d1/event/button");
         let payload: serde_json::Value = serde_json::from_slice(&items[1].payload()).unwrap();
-        assert_eq!(payload, serde_json::json!({"id": b, "ts": 5, "value": true, "edge": "rising"}));
+        assert_eq!(
+            payload,
+            serde_json::json!({"id": b, "ts": 5, "value": true, "edge": "rising"})
+        );
         ob.remove(a).await.unwrap();
         ob.remove(b).await.unwrap();
         assert!(ob.is_empty());
@@ -340,8 +442,13 @@ mod tests {
     #[tokio::test]
     async fn full_queue_drops_oldest_and_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let config = OutboxConfig { max_entries: 5, ..OutboxConfig::default() };
-        let ob = Outbox::open(&dir.path().join("o.db"), &config).await.unwrap();
+        let config = OutboxConfig {
+            max_entries: 5,
+            ..OutboxConfig::default()
+        };
+        let ob = Outbox::open(&dir.path().join("o.db"), &config)
+            .await
+            .unwrap();
         for i in 0..8 {
             ob.push(reading(i)).await.unwrap();
         }
@@ -359,7 +466,9 @@ mod tests {
             .collect();
         assert_eq!(values, vec![3.0, 4.0, 5.0, 6.0, 7.0], "the oldest went");
         ob.close().await;
-        let ob = Outbox::open(&dir.path().join("o.db"), &config).await.unwrap();
+        let ob = Outbox::open(&dir.path().join("o.db"), &config)
+            .await
+            .unwrap();
         assert_eq!(ob.dropped(), 3, "the count is persisted");
     }
 
@@ -368,34 +477,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.db");
         // A few pages: the schema fills most of it.
-        let config = OutboxConfig { max_bytes: 6 * PAGE_SIZE, ..OutboxConfig::default() };
+        let config = OutboxConfig {
+            max_bytes: 6 * PAGE_SIZE,
+            ..OutboxConfig::default()
+        };
         let ob = Outbox::open(&path, &config).await.unwrap();
         let big = "x".repeat(600);
         let mut accepted = Vec::new();
         let mut refused = 0;
         for i in 0..200 {
-            let item = Item::Event { name: "in".into(), ts: i, value: Value::String(big.clone()), edge: None };
+            let item = Item::Event {
+                name: "in".into(),
+                ts: i,
+                value: Value::String(big.clone()),
+                edge: None,
+            };
             match ob.push(item).await {
                 Ok(id) => accepted.push(id),
                 Err(OutboxError::Full { .. }) => refused += 1,
                 Err(e) => panic!("unexpected error {e}"),
             }
         }
-        assert!(!accepted.is_empty() && refused > 0, "accepted {} refused {refused}", accepted.len());
+        assert!(
+            !accepted.is_empty() && refused > 0,
+            "accepted {} refused {refused}",
+            accepted.len()
+        );
         assert_eq!(ob.rejected(), refused);
         // Everything accepted is still there, intact and in order.
         let queued = ob.peek(0, 1000).await.unwrap();
         assert_eq!(queued.iter().map(|q| q.id).collect::<Vec<_>>(), accepted);
-        assert!(queued.iter().all(|q| matches!(&q.item, Item::Event { value: Value::String(s), .. } if *s == big)));
+        assert!(
+            queued.iter().all(
+                |q| matches!(&q.item, Item::Event { value: Value::String(s), .. } if *s == big)
+            )
+        );
         // Draining makes room again.
         for id in &accepted {
             ob.remove(*id).await.unwrap();
         }
-        ob.push(reading(1)).await.expect("room again after draining");
+        ob.push(reading(1))
+            .await
+            .expect("room again after draining");
         ob.close().await;
         let ob = Outbox::open(&path, &config).await.unwrap();
         assert_eq!(ob.len(), 1);
-        let ok: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&ob.inner.pool).await.unwrap();
+        let ok: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&ob.inner.pool)
+            .await
+            .unwrap();
         assert_eq!(ok, "ok");
     }
 }

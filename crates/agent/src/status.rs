@@ -14,9 +14,21 @@ pub const STATUS_FILE: &str = "status.json";
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum LinkState {
     Starting,
-    Connecting { url: String },
-    Connected { url: String, since_ms: i64 },
-    Disconnected { error: String, retry_in_ms: u64 },
+    Connecting {
+        url: String,
+    },
+    Connected {
+        url: String,
+        since_ms: i64,
+    },
+    Disconnected {
+        error: String,
+        retry_in_ms: u64,
+    },
+    /// The agent cannot connect until its configuration is fixed (e.g. an unusable bundle).
+    Failed {
+        error: String,
+    },
     Stopped,
 }
 
@@ -32,11 +44,23 @@ impl std::fmt::Display for LinkState {
             LinkState::Starting => f.write_str("starting"),
             LinkState::Connecting { url } => write!(f, "connecting to {url}"),
             LinkState::Connected { url, since_ms } => {
-                write!(f, "connected to {url} for {}", human_duration(crate::fsutil::now_ms() - since_ms))
+                write!(
+                    f,
+                    "connected to {url} for {}",
+                    human_duration(crate::fsutil::now_ms() - since_ms)
+                )
             }
             LinkState::Disconnected { error, retry_in_ms } => {
-                write!(f, "disconnected ({error}); retrying in {}", human_duration(*retry_in_ms as i64))
+                write!(
+                    f,
+                    "disconnected ({error}); retrying in {}",
+                    human_duration(*retry_in_ms as i64)
+                )
             }
+            LinkState::Failed { error } => write!(
+                f,
+                "not connecting: {error}; fix the bundle and restart the agent"
+            ),
             LinkState::Stopped => f.write_str("stopped"),
         }
     }
@@ -85,9 +109,14 @@ impl AgentStatus {
     pub fn read(data_dir: &Path) -> Result<AgentStatus, String> {
         let path = AgentStatus::path(data_dir);
         let bytes = std::fs::read(&path).map_err(|e| {
-            format!("cannot read {}: {e}; is the agent running with data_dir = {}?", path.display(), data_dir.display())
+            format!(
+                "cannot read {}: {e}; is the agent running with data_dir = {}?",
+                path.display(),
+                data_dir.display()
+            )
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{} is not a status file: {e}", path.display()))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not a status file: {e}", path.display()))
     }
 
     /// Whether the process that wrote this is still alive.
@@ -127,7 +156,10 @@ impl AgentStatus {
             }
         }
         if !alive {
-            out.push_str(&format!("(status as of {} ms since the epoch)\n", self.updated_ms));
+            out.push_str(&format!(
+                "(status as of {} ms since the epoch)\n",
+                self.updated_ms
+            ));
         }
         out
     }
@@ -146,8 +178,15 @@ mod tests {
             started_ms: 1,
             updated_ms: 2,
             gpio: "simulated".into(),
-            link: LinkState::Disconnected { error: "connection refused".into(), retry_in_ms: 1500 },
-            outbox: OutboxStatus { queued: 3, dropped: 0, refused_full: 0 },
+            link: LinkState::Disconnected {
+                error: "connection refused".into(),
+                retry_in_ms: 1500,
+            },
+            outbox: OutboxStatus {
+                queued: 3,
+                dropped: 0,
+                refused_full: 0,
+            },
             services: vec![ServiceStatus {
                 name: "script".into(),
                 state: "running".into(),
@@ -163,8 +202,14 @@ mod tests {
         assert_eq!(back, status);
         let text = back.render();
         assert!(text.contains("(running)"), "{text}");
-        assert!(text.contains("disconnected (connection refused); retrying in 1s"), "{text}");
-        assert!(text.contains("script") && text.contains("restarts 2") && text.contains("exit code 1"), "{text}");
+        assert!(
+            text.contains("disconnected (connection refused); retrying in 1s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("script") && text.contains("restarts 2") && text.contains("exit code 1"),
+            "{text}"
+        );
         let missing = AgentStatus::read(&dir.path().join("nope")).unwrap_err();
         assert!(missing.contains("is the agent running"), "{missing}");
     }

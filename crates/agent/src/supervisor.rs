@@ -62,7 +62,11 @@ pub struct Supervisor {
 impl Supervisor {
     /// Starts every service. `env` is added to each one's environment (the device's broker
     /// address and credentials, see [`service_env`]); logs go to `log_dir/NAME.log`.
-    pub fn start(services: &[ServiceConfig], env: Vec<(String, String)>, log_dir: &Path) -> Supervisor {
+    pub fn start(
+        services: &[ServiceConfig],
+        env: Vec<(String, String)>,
+        log_dir: &Path,
+    ) -> Supervisor {
         let statuses: Statuses = Arc::default();
         let (changed, _) = watch::channel(0);
         let mut running = BTreeMap::new();
@@ -92,11 +96,20 @@ impl Supervisor {
             let task = tokio::spawn(ctx.run(stop_rx));
             running.insert(config.name.clone(), Running { stop, task });
         }
-        Supervisor { statuses, running, changed }
+        Supervisor {
+            statuses,
+            running,
+            changed,
+        }
     }
 
     pub fn statuses(&self) -> Vec<ServiceStatus> {
-        self.statuses.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn shared(&self) -> SharedStatuses {
@@ -104,7 +117,11 @@ impl Supervisor {
     }
 
     pub fn status(&self, name: &str) -> Option<ServiceStatus> {
-        self.statuses.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Sees a new number whenever a service changes state.
@@ -146,7 +163,12 @@ struct ServiceCtx {
 
 impl ServiceCtx {
     fn update(&self, f: impl FnOnce(&mut ServiceStatus)) {
-        if let Some(s) = self.statuses.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.config.name) {
+        if let Some(s) = self
+            .statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&self.config.name)
+        {
             f(s);
         }
         self.changed.send_modify(|v| *v += 1);
@@ -154,7 +176,10 @@ impl ServiceCtx {
 
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let c = &self.config;
-        let log = Arc::new(Mutex::new(RotatingLog::new(self.log.clone(), c.log_max_bytes)));
+        let log = Arc::new(Mutex::new(RotatingLog::new(
+            self.log.clone(),
+            c.log_max_bytes,
+        )));
         let initial = Duration::from_millis(c.backoff_ms);
         let max = Duration::from_millis(c.backoff_max_ms);
         let mut backoff = initial;
@@ -190,11 +215,18 @@ impl ServiceCtx {
                         }
                         None => {
                             self.update(|s| s.state = "stopping".into());
-                            let status = stop_group(&mut child, pgid, Duration::from_millis(c.stop_timeout_ms)).await;
+                            let status = stop_group(
+                                &mut child,
+                                pgid,
+                                Duration::from_millis(c.stop_timeout_ms),
+                            )
+                            .await;
                             for p in pipes {
                                 let _ = p.await;
                             }
-                            let last = status.map(|s| describe(&s)).unwrap_or_else(|e| e.to_string());
+                            let last = status
+                                .map(|s| describe(&s))
+                                .unwrap_or_else(|e| e.to_string());
                             tracing::info!(service = %c.name, exit = %last, "service stopped");
                             self.update(|s| {
                                 s.state = "stopped".into();
@@ -228,7 +260,11 @@ impl ServiceCtx {
             } else {
                 tracing::warn!(service = %c.name, exit = %text, restart, "service failed");
             }
-            let _ = writeln!(log.lock().unwrap_or_else(|e| e.into_inner()).writer(), "[devicecloud-agent] service {}: {text}", c.name);
+            let _ = writeln!(
+                log.lock().unwrap_or_else(|e| e.into_inner()).writer(),
+                "[devicecloud-agent] service {}: {text}",
+                c.name
+            );
             if !restart {
                 self.update(|s| {
                     s.state = "exited".into();
@@ -298,10 +334,14 @@ fn kill_group(pgid: Pid, signal: Signal) {
 
 /// Whether any live (non-zombie) process is in group `pgid`, from /proc.
 pub fn group_alive(pgid: u32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     dir.flatten().any(|e| {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else { return false };
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            return false;
+        };
         match proc_stat(pid) {
             Some((state, group)) => group == pgid && state != 'Z' && state != 'X',
             None => false,
@@ -322,7 +362,11 @@ pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
 }
 
 /// SIGTERM to the group, wait for the leader and the group to go, SIGKILL after `timeout`.
-async fn stop_group(child: &mut tokio::process::Child, pgid: Pid, timeout: Duration) -> std::io::Result<std::process::ExitStatus> {
+async fn stop_group(
+    child: &mut tokio::process::Child,
+    pgid: Pid,
+    timeout: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
     kill_group(pgid, Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + timeout;
     let status = match tokio::time::timeout_at(deadline, child.wait()).await {
@@ -364,12 +408,21 @@ pub struct RotatingLog {
 
 impl RotatingLog {
     pub fn new(path: PathBuf, max: u64) -> RotatingLog {
-        RotatingLog { path, max: max.max(1024), file: None, size: 0 }
+        RotatingLog {
+            path,
+            max: max.max(1024),
+            file: None,
+            size: 0,
+        }
     }
 
     fn open(&mut self) -> Option<&mut std::fs::File> {
         if self.file.is_none() {
-            match std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+            {
                 Ok(f) => {
                     self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
                     self.file = Some(f);
@@ -423,8 +476,14 @@ pub fn service_env(bundle: &Bundle, dir: &Path) -> std::io::Result<Vec<(String, 
     let ca = dir.join("ca.pem");
     crate::fsutil::write_atomic(&ca, bundle.ca_pem.as_bytes(), 0o600)?;
     let mut env = vec![
-        ("DEVICECLOUD_BROKER_URL".to_string(), bundle.broker_urls.first().cloned().unwrap_or_default()),
-        ("DEVICECLOUD_DEVICE_ID".to_string(), bundle.device_id.clone()),
+        (
+            "DEVICECLOUD_BROKER_URL".to_string(),
+            bundle.broker_urls.first().cloned().unwrap_or_default(),
+        ),
+        (
+            "DEVICECLOUD_DEVICE_ID".to_string(),
+            bundle.device_id.clone(),
+        ),
         ("DEVICECLOUD_CA_FILE".to_string(), ca.display().to_string()),
     ];
     match &bundle.credentials {

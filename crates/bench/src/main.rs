@@ -98,6 +98,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         target.stop().await;
         results.push((name, all));
     }
+    println!();
+    println!(
+        "loopback, {} CPU cores shared by brokers and load generator; both brokers: in-flight \
+         window {}, queue {} messages per client, TCP_NODELAY; load: our `client` crate, MQTT 3.1.1",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        target::MAX_INFLIGHT,
+        target::MAX_QUEUED,
+    );
     print_table(&results);
     Ok(())
 }

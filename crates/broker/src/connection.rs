@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use codec::{
     Ack, AckProperties, ByteStr, ConnAck, Connect, DecodeError, Disconnect, DisconnectProperties,
     LastWill, Packet, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
@@ -223,6 +223,9 @@ struct Accepted {
     will: Option<Box<LastWill>>,
     will_delay: u32,
     client_max_packet: u32,
+    /// v5 Request Problem Information: when false, no reason strings outside CONNACK,
+    /// PUBLISH and DISCONNECT (MQTT-3.1.2-29).
+    problem_info: bool,
     ack: ConnAck,
 }
 
@@ -256,6 +259,15 @@ async fn accept(
         return Err((
             ReasonCode::ServerShuttingDown,
             "the broker is shutting down".into(),
+        ));
+    }
+    if let Some(method) = &c.properties.authentication_method {
+        // Enhanced authentication (AUTH exchanges) is not supported (MQTT-4.12.0-1).
+        return Err((
+            ReasonCode::BadAuthenticationMethod,
+            format!(
+                "authentication method '{method}' is not supported; use user name and password or a client certificate"
+            ),
         ));
     }
     let mut assigned = None;
@@ -375,6 +387,7 @@ async fn accept(
         will: c.will.map(Box::new),
         will_delay,
         client_max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
+        problem_info: c.properties.request_problem_information.unwrap_or(true),
         ack,
     })
 }
@@ -394,6 +407,9 @@ struct Conn<S> {
     keep_alive: Duration,
     last_recv: Instant,
     client_max_packet: u32,
+    /// v5 Request Problem Information: when false, no reason strings outside CONNACK,
+    /// PUBLISH and DISCONNECT (MQTT-3.1.2-29).
+    problem_info: bool,
     aliases: HashMap<u16, ByteStr>,
     will: Option<Box<LastWill>>,
     will_delay: u32,
@@ -427,6 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             keep_alive: Duration::from_millis(u64::from(a.keep_alive) * 1500),
             last_recv: Instant::now(),
             client_max_packet: a.client_max_packet,
+            problem_info: a.problem_info,
             aliases: HashMap::new(),
             will: a.will,
             will_delay: a.will_delay,
@@ -457,11 +474,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn run(&mut self) {
-        let signal = self.signal.clone();
         Counters::add(&self.inner.counters.clients_connected, 1);
         tracing::debug!(client = %self.client_id, principal = %self.identity.principal, version = %self.version, "client connected");
         // Packets that arrived together with CONNECT.
         self.process_input();
+        self.serve().await;
+        // Boxed: the closing state (flush with timeouts) should not enlarge every idle task.
+        Box::pin(self.finish()).await;
+    }
+
+    /// The steady state, until `self.exit` is set.
+    async fn serve(&mut self) {
+        let signal = self.signal.clone();
         // One timer for the connection's life, re-armed only when it fires (not per packet).
         let ka = self.keep_alive;
         let keep_alive = sleep_until(self.last_recv + ka);
@@ -498,7 +522,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
-        self.finish().await;
     }
 
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<IoEvent>> {
@@ -698,7 +721,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut ack = Ack::new(pid);
         if self.v5() && reason != ReasonCode::Success {
             ack.reason_code = reason;
-            ack.properties.reason_string = Some(format!("{} to this topic", reason.description()));
+            if self.problem_info {
+                ack.properties.reason_string =
+                    Some(format!("{} to this topic", reason.description()));
+            }
         }
         let packet = match qos {
             QoS::AtMostOnce => return,
@@ -964,6 +990,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         now: Instant,
     ) -> bool {
         let msg = &out.msg;
+        let v5 = self.v5();
+        if msg.is_fanout() && (!v5 || (msg.expires_at.is_none() && out.sub_ids.is_empty())) {
+            let version = self.version;
+            let frame = msg.frame(v5, out.qos, || {
+                let template = Publish {
+                    dup: false,
+                    qos: out.qos,
+                    retain: false,
+                    topic: msg.topic.clone(),
+                    packet_id: (out.qos != QoS::AtMostOnce).then_some(1),
+                    payload: msg.payload.clone(),
+                    properties: if v5 {
+                        msg.props.clone()
+                    } else {
+                        Default::default()
+                    },
+                };
+                let mut buf = BytesMut::new();
+                match codec::encode(&Packet::Publish(template), version, &mut buf) {
+                    Ok(()) => buf.freeze(),
+                    Err(_) => Bytes::new(),
+                }
+            });
+            if !frame.is_empty() {
+                if frame.len() as u64 > u64::from(self.client_max_packet) {
+                    Counters::add(&self.inner.counters.messages_dropped, 1);
+                    return false;
+                }
+                let start = self.wbuf.len();
+                self.wbuf.extend_from_slice(frame);
+                self.wbuf[start] = (frame[0] & !0x09) | (u8::from(dup) << 3) | u8::from(out.retain);
+                if let Some(pid) = pid {
+                    // Fixed header, remaining length (1-4 bytes), topic length + topic, then the id.
+                    let len_bytes = frame[1..].iter().take_while(|b| **b & 0x80 != 0).count() + 1;
+                    let off = start + 1 + len_bytes + 2 + msg.topic.len();
+                    if let Some(slot) = self.wbuf.get_mut(off..off + 2) {
+                        slot.copy_from_slice(&pid.to_be_bytes());
+                    }
+                }
+                Counters::add(&self.inner.counters.messages_sent, 1);
+                return true;
+            }
+        }
         let mut publish = Publish {
             dup,
             qos: out.qos,

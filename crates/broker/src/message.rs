@@ -1,7 +1,10 @@
 //! Messages: the public [`Message`] the in-process API speaks, and [`Publication`], the
 //! routed form shared (behind one `Arc`) by every subscriber a PUBLISH fans out to.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
 
 use bytes::Bytes;
 use codec::{ByteStr, PublishProperties, QoS};
@@ -59,6 +62,11 @@ pub struct Publication {
     /// The journal's id for this message once some persistent session queued it.
     pub store_id: OnceLock<u64>,
     topic_arc: OnceLock<Arc<str>>,
+    /// Set by the router when the message goes to more than one session: then each
+    /// (protocol family, QoS) variant of the PUBLISH is encoded once and copied per
+    /// subscriber, with DUP, RETAIN and the packet id patched in.
+    fanout: AtomicBool,
+    frames: OnceLock<Box<[OnceLock<Bytes>; 6]>>,
 }
 
 impl Publication {
@@ -85,7 +93,24 @@ impl Publication {
             origin,
             store_id: OnceLock::new(),
             topic_arc: OnceLock::new(),
+            fanout: AtomicBool::new(false),
+            frames: OnceLock::new(),
         }
+    }
+
+    pub fn set_fanout(&self) {
+        self.fanout.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_fanout(&self) -> bool {
+        self.fanout.load(Ordering::Relaxed)
+    }
+
+    /// The shared encoded frame for (`v5`, `qos`), built by `encode` on first use; empty if
+    /// encoding failed.
+    pub fn frame(&self, v5: bool, qos: QoS, encode: impl FnOnce() -> Bytes) -> &Bytes {
+        let frames = self.frames.get_or_init(Default::default);
+        frames[usize::from(v5) * 3 + usize::from(qos.as_u8())].get_or_init(encode)
     }
 
     pub fn from_message(msg: Message, origin: u64) -> Publication {
@@ -138,6 +163,24 @@ impl Publication {
         }
     }
 
+    /// A copy sharing topic and payload but with its own journal id: for re-sending a
+    /// long-lived message (a retained one) whose journal record may have been dropped since.
+    pub fn fresh(&self) -> Publication {
+        Publication {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            retain: self.retain,
+            props: self.props.clone(),
+            expires_at: self.expires_at,
+            origin: self.origin,
+            store_id: OnceLock::new(),
+            topic_arc: OnceLock::new(),
+            fanout: AtomicBool::new(false),
+            frames: OnceLock::new(),
+        }
+    }
+
     /// Copies topic and payload out of the (possibly much larger) receive buffer they point
     /// into, for messages kept long-term (retained, persisted) so they don't pin that buffer.
     pub fn detached(&self) -> Publication {
@@ -151,6 +194,8 @@ impl Publication {
             origin: self.origin,
             store_id: OnceLock::new(),
             topic_arc: OnceLock::new(),
+            fanout: AtomicBool::new(false),
+            frames: OnceLock::new(),
         }
     }
 }

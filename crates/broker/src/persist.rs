@@ -573,7 +573,10 @@ impl Mirror {
         for msg in self.retained.values() {
             out.push(Record::Retain { msg: msg.clone() });
         }
-        for (id, (msg, _)) in &self.msgs {
+        for (id, (msg, refs)) in &self.msgs {
+            if *refs == 0 {
+                continue;
+            }
             out.push(Record::Msg {
                 id: *id,
                 msg: msg.clone(),
@@ -621,14 +624,11 @@ impl Mirror {
                 }
             }
         }
-        // Keeps ids monotonic across restarts even if every message was delivered.
+        // Keeps ids monotonic across restarts even if every message was delivered (an
+        // unreferenced message, dropped again by the next snapshot).
         out.push(Record::Msg {
             id: self.max_id,
             msg: Arc::new(empty_publication()),
-        });
-        out.push(Record::Done {
-            client: Arc::from(""),
-            entry: 0,
         });
         out
     }

@@ -92,6 +92,9 @@ impl Router {
                 }
             }
         });
+        if targets.len() + shared.len() > 1 {
+            msg.set_fanout();
+        }
         if targets.len() > 1 {
             targets.sort_unstable_by_key(|e| Arc::as_ptr(&e.session) as usize);
         }
@@ -251,6 +254,11 @@ impl Router {
                 .matching(spec.filter, Instant::now());
             for m in msgs {
                 let qos = options.qos.min(m.qos);
+                let m = if session.lock().persistent {
+                    Arc::new(m.fresh())
+                } else {
+                    m
+                };
                 self.deliver(session, &m, qos, true, sub_id.into_iter().collect());
             }
         }

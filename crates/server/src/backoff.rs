@@ -130,6 +130,7 @@ mod tests {
             backoff_max_secs: 4,
             failure_memory_secs: 60,
             max_tracked_addresses: 2,
+            anonymous_role: None,
         }
     }
 

@@ -97,6 +97,9 @@ pub struct AuthConfig {
     pub failure_memory_secs: u64,
     /// Addresses remembered at most (memory bound).
     pub max_tracked_addresses: usize,
+    /// Role given to MQTT clients that present no credentials at all, from loopback only
+    /// (beyond loopback also needs `allow_insecure_listeners`). Unset: no anonymous clients.
+    pub anonymous_role: Option<proto::acl::Role>,
 }
 
 /// Broker limits; unset keys use the broker's defaults.
@@ -155,6 +158,7 @@ impl Default for AuthConfig {
             backoff_max_secs: 300,
             failure_memory_secs: 900,
             max_tracked_addresses: 10_000,
+            anonymous_role: None,
         }
     }
 }
@@ -367,6 +371,9 @@ impl ServerConfig {
 # backoff_max_secs = {}
 # failure_memory_secs = {}
 # max_tracked_addresses = {}
+# Let MQTT clients without credentials in, from loopback only, with this role (viewer,
+# operator or admin); a warning is logged at every start. Unset: nobody gets in anonymously.
+# anonymous_role = \"viewer\"
 
 # Broker limits.
 [limits]

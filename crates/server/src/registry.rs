@@ -124,6 +124,14 @@ enum Credential {
         token_hash: String,
         role: Role,
     },
+    /// Nothing to revoke; not remembered.
+    Anonymous,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Anonymous {
+    role: Role,
+    beyond_loopback: bool,
 }
 
 #[derive(Debug)]
@@ -141,6 +149,7 @@ const INVALID_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Registry {
     directory: Arc<dyn Directory>,
+    anonymous: Option<Anonymous>,
     backoff: Mutex<Backoff>,
     seen: Mutex<HashMap<String, Seen>>,
 }
@@ -157,9 +166,20 @@ impl Registry {
     pub fn new(directory: Arc<dyn Directory>, auth: &AuthConfig) -> Registry {
         Registry {
             directory,
+            anonymous: None,
             backoff: Mutex::new(Backoff::new(auth)),
             seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Lets clients without credentials in with `role` (from loopback only, unless
+    /// `beyond_loopback`). Off unless the config says so.
+    pub fn allow_anonymous(mut self, role: Role, beyond_loopback: bool) -> Registry {
+        self.anonymous = Some(Anonymous {
+            role,
+            beyond_loopback,
+        });
+        self
     }
 
     /// Is `ip` currently refused because of earlier failures?
@@ -173,7 +193,9 @@ impl Registry {
     ) -> Result<Identity, AuthError> {
         let ip = request.peer.ip();
         if let Some(remaining) = self.banned_for(ip) {
-            tracing::warn!(peer = %request.peer, client_id = request.client_id, "refused: address is backing off after repeated failed logins");
+            // The ban itself was logged when it started; one line per refused retry would let an
+            // attacker flood the log.
+            tracing::debug!(peer = %request.peer, client_id = request.client_id, "refused: address is backing off after repeated failed logins");
             return Err(AuthError::Banned(format!(
                 "too many failed logins from {ip}; try again in {} s",
                 remaining.as_secs().max(1)
@@ -182,7 +204,9 @@ impl Registry {
         match self.decide(request).await {
             Ok((identity, credential)) => {
                 lock(&self.backoff).record_success(ip);
-                self.remember(&identity.principal, credential);
+                if credential != Credential::Anonymous {
+                    self.remember(&identity.principal, credential);
+                }
                 tracing::debug!(peer = %request.peer, principal = %identity.principal, "authenticated");
                 Ok(identity)
             }
@@ -214,6 +238,16 @@ impl Registry {
             (Some(username), Some(password)) if !username.is_empty() => {
                 self.decide_password(request, username, password).await
             }
+            (None | Some(""), None) => match self.anonymous {
+                Some(anon) if anon.beyond_loopback || request.peer.ip().is_loopback() => {
+                    let identity = role_identity("anonymous".to_owned(), anon.role);
+                    Ok((identity, Credential::Anonymous))
+                }
+                _ => Err(AuthError::NotAuthorized(
+                    "anonymous clients are not allowed: connect with a device certificate, or a user name and password or token"
+                        .into(),
+                )),
+            },
             (Some(_), None) => Err(AuthError::BadCredentials),
             _ => Err(AuthError::NotAuthorized(
                 "anonymous clients are not allowed: connect with a device certificate, or a user name and password or token"
@@ -466,6 +500,7 @@ impl Registry {
                 .api_token_by_hash(token_hash)
                 .await?
                 .is_some_and(|t| &t.name == name && t.role == *role),
+            Credential::Anonymous => true,
         })
     }
 
@@ -771,6 +806,32 @@ mod tests {
             matches!(err, AuthError::ClientIdNotValid(_)),
             "a user must not take over a device's session"
         );
+    }
+
+    #[tokio::test]
+    async fn anonymous_only_when_configured_and_only_from_loopback() {
+        let (fake, registry) = setup();
+        let err = registry
+            .authenticate(request("a", None, None, None, "127.0.0.1:1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuthError::NotAuthorized(_)));
+        let registry =
+            Registry::new(fake, &AuthConfig::default()).allow_anonymous(Role::Viewer, false);
+        let id = registry
+            .authenticate(request("a", None, None, None, "127.0.0.1:1"))
+            .await
+            .unwrap();
+        assert_eq!(id.principal, "anonymous");
+        assert!(
+            id.permissions.may_subscribe("devices/#")
+                && !id.permissions.may_publish("devices/x/set/y")
+        );
+        let err = registry
+            .authenticate(request("a", None, None, None, "10.0.0.1:1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuthError::NotAuthorized(_)));
     }
 
     #[tokio::test]

@@ -162,7 +162,7 @@ impl RunningServer {
         for task in self.tasks {
             let _ = task.await;
         }
-        // serve_with already shut the broker down; this is idempotent and covers web-only setups.
+        // serve_with already shut the broker down; again (idempotent) in case its task panicked.
         self.ctx.broker.shutdown().await;
         // Checkpoints SQLite's WAL so the database is one file again.
         self.ctx.store.close().await;
@@ -230,10 +230,21 @@ impl Server {
             tracing::warn!("cannot reset device presence: {err}");
         }
 
-        let registry = Arc::new(Registry::new(
-            Arc::new(StoreDirectory::new(store.clone())),
-            &config.auth,
-        ));
+        let mut registry =
+            Registry::new(Arc::new(StoreDirectory::new(store.clone())), &config.auth);
+        if let Some(role) = config.auth.anonymous_role {
+            let beyond = config.allow_insecure_listeners;
+            tracing::warn!(
+                "anonymous MQTT clients are allowed with role {role} (auth.anonymous_role), {}",
+                if beyond {
+                    "from anywhere (allow_insecure_listeners = true)"
+                } else {
+                    "from loopback only"
+                }
+            );
+            registry = registry.allow_anonymous(role, beyond);
+        }
+        let registry = Arc::new(registry);
         let broker_config = BrokerConfig {
             data_dir: Some(data_dir.join("broker")),
             limits: limits(&config),
@@ -539,4 +550,48 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StartError::Broker(format!("a startup task failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(kind: ListenerKind, addr: &str) -> BoundAddr {
+        let addr: SocketAddr = addr.parse().unwrap();
+        BoundAddr {
+            kind,
+            addr,
+            url: String::new(),
+        }
+    }
+
+    #[test]
+    fn public_urls_follow_the_bound_listeners() {
+        let spec = ServerCertSpec {
+            hostnames: vec!["pi.local".into(), "localhost".into()],
+            ips: vec!["127.0.0.1".parse().unwrap(), "192.168.1.7".parse().unwrap()],
+            validity: Duration::from_secs(1),
+            renew_before: Duration::from_secs(0),
+        };
+        let listeners = [
+            bound(ListenerKind::Mqtts, "0.0.0.0:8883"),
+            bound(ListenerKind::Mqtt, "127.0.0.1:1883"),
+            bound(ListenerKind::Https, "127.0.0.1:8443"),
+        ];
+        let (brokers, api) = public_urls(&ServerConfig::default(), &listeners, &spec);
+        assert_eq!(
+            brokers,
+            ["mqtts://pi.local:8883", "mqtts://192.168.1.7:8883"]
+        );
+        assert_eq!(api.as_deref(), Some("https://127.0.0.1:8443"));
+
+        let config = ServerConfig {
+            public_broker_urls: vec!["mqtts://iot.example.com:8883".into()],
+            public_api_url: Some("https://iot.example.com".into()),
+            ..ServerConfig::default()
+        };
+        let (brokers, api) = public_urls(&config, &listeners, &spec);
+        assert_eq!(brokers, ["mqtts://iot.example.com:8883"]);
+        assert_eq!(api.as_deref(), Some("https://iot.example.com"));
+    }
 }

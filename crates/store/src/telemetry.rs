@@ -121,7 +121,8 @@ fn insert_sql(backend: Backend, log2: u32) -> &'static str {
             })
             .collect()
     };
-    &SQL.get_or_init(|| [build(Backend::Sqlite), build(Backend::Postgres)])[backend as usize][log2 as usize]
+    &SQL.get_or_init(|| [build(Backend::Sqlite), build(Backend::Postgres)])[backend as usize]
+        [log2 as usize]
 }
 
 fn rollup_sql(backend: Backend, log2: u32) -> &'static str {
@@ -145,7 +146,8 @@ fn rollup_sql(backend: Backend, log2: u32) -> &'static str {
             })
             .collect()
     };
-    &SQL.get_or_init(|| [build(Backend::Sqlite), build(Backend::Postgres)])[backend as usize][log2 as usize]
+    &SQL.get_or_init(|| [build(Backend::Sqlite), build(Backend::Postgres)])[backend as usize]
+        [log2 as usize]
 }
 
 /// Splits `n` into chunks of 2^k (largest first, capped at 2^max_log2) so that only a few

@@ -35,12 +35,18 @@ pub struct LineSettings {
 
 /// `gpiochip0` -> `/dev/gpiochip0`; absolute paths stay.
 pub fn chip_path(chip: &str) -> PathBuf {
-    if chip.starts_with('/') { PathBuf::from(chip) } else { PathBuf::from("/dev").join(chip) }
+    if chip.starts_with('/') {
+        PathBuf::from(chip)
+    } else {
+        PathBuf::from("/dev").join(chip)
+    }
 }
 
 impl LinuxGpio {
     pub fn new(default_chip: impl Into<String>) -> LinuxGpio {
-        LinuxGpio { default_chip: default_chip.into() }
+        LinuxGpio {
+            default_chip: default_chip.into(),
+        }
     }
 
     fn chip_for(&self, chip: &Option<String>, line: &LineRef) -> Option<PathBuf> {
@@ -85,7 +91,10 @@ impl LinuxGpio {
     fn request(&self, s: &LineSettings) -> Result<gpiocdev::Request, GpioError> {
         let (chip, offset) = resolve(s)?;
         let mut builder = gpiocdev::Request::builder();
-        builder.on_chip(&chip).with_consumer(CONSUMER).with_line(offset);
+        builder
+            .on_chip(&chip)
+            .with_consumer(CONSUMER)
+            .with_line(offset);
         if s.active_low {
             builder.as_active_low();
         }
@@ -94,14 +103,18 @@ impl LinuxGpio {
                 builder.as_output(level(initial));
             }
             None => {
-                builder.as_input().with_edge_detection(gpiocdev::line::EdgeDetection::BothEdges);
+                builder
+                    .as_input()
+                    .with_edge_detection(gpiocdev::line::EdgeDetection::BothEdges);
                 builder.with_bias(s.bias);
                 if let Some(period) = s.debounce {
                     builder.with_debounce_period(period);
                 }
             }
         }
-        builder.request().map_err(|err| request_error(s, &chip, err))
+        builder
+            .request()
+            .map_err(|err| request_error(s, &chip, err))
     }
 }
 
@@ -130,7 +143,11 @@ fn resolve(s: &LineSettings) -> Result<(PathBuf, u32), GpioError> {
                 line: format!("'{n}'"),
                 message: format!("cannot open {}: {e}", chip.display()),
             })?;
-            let info = c.info().map_err(|e| GpioError::Request { name: s.name.clone(), line: n.clone(), message: e.to_string() })?;
+            let info = c.info().map_err(|e| GpioError::Request {
+                name: s.name.clone(),
+                line: n.clone(),
+                message: e.to_string(),
+            })?;
             for offset in 0..info.num_lines {
                 if let Ok(li) = c.line_info(offset)
                     && li.name == *n
@@ -138,20 +155,32 @@ fn resolve(s: &LineSettings) -> Result<(PathBuf, u32), GpioError> {
                     return Ok((chip.clone(), offset));
                 }
             }
-            Err(GpioError::LineNotFound { name: s.name.clone(), line: n.clone() })
+            Err(GpioError::LineNotFound {
+                name: s.name.clone(),
+                line: n.clone(),
+            })
         }
         (LineRef::Name(n), None) => match gpiocdev::find_named_line(n) {
             Some(found) => Ok((found.chip, found.info.offset)),
             None => {
                 let any_chip = std::fs::read_dir("/dev")
-                    .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("gpiochip")))
+                    .map(|d| {
+                        d.flatten()
+                            .any(|e| e.file_name().to_string_lossy().starts_with("gpiochip"))
+                    })
                     .unwrap_or(false);
                 if any_chip {
-                    Err(GpioError::LineNotFound { name: s.name.clone(), line: n.clone() })
+                    Err(GpioError::LineNotFound {
+                        name: s.name.clone(),
+                        line: n.clone(),
+                    })
                 } else {
                     Err(GpioError::ChipMissing {
                         chip: "/dev/gpiochip*".into(),
-                        hint: format!("no GPIO chip on this machine, so line '{n}' for '{}' cannot be found; use the simulated backend ([gpio] backend = \"simulated\") off the board", s.name),
+                        hint: format!(
+                            "no GPIO chip on this machine, so line '{n}' for '{}' cannot be found; use the simulated backend ([gpio] backend = \"simulated\") off the board",
+                            s.name
+                        ),
                     })
                 }
             }
@@ -162,13 +191,21 @@ fn resolve(s: &LineSettings) -> Result<(PathBuf, u32), GpioError> {
 
 // chip_for always supplies a chip for offsets; kept as an error rather than a panic.
 fn unreachable_offset(s: &LineSettings) -> Result<(PathBuf, u32), GpioError> {
-    Err(GpioError::Request { name: s.name.clone(), line: s.line.to_string(), message: "a line offset needs a chip".into() })
+    Err(GpioError::Request {
+        name: s.name.clone(),
+        line: s.line.to_string(),
+        message: "a line offset needs a chip".into(),
+    })
 }
 
 fn request_error(s: &LineSettings, chip: &std::path::Path, err: gpiocdev::Error) -> GpioError {
     let text = err.to_string();
     if text.contains("busy") || text.contains("EBUSY") {
-        GpioError::Busy { name: s.name.clone(), chip: chip.display().to_string(), line: s.line.to_string() }
+        GpioError::Busy {
+            name: s.name.clone(),
+            chip: chip.display().to_string(),
+            line: s.line.to_string(),
+        }
     } else {
         GpioError::Request {
             name: s.name.clone(),
@@ -189,19 +226,24 @@ struct LinuxOutput {
 
 impl OutputLine for LinuxOutput {
     fn set(&mut self, value: bool) -> Result<(), GpioError> {
-        self.request.set_lone_value(level(value)).map_err(|e| GpioError::Request {
-            name: self.name.clone(),
-            line: self.name.clone(),
-            message: format!("cannot set the line: {e}"),
-        })
+        self.request
+            .set_lone_value(level(value))
+            .map_err(|e| GpioError::Request {
+                name: self.name.clone(),
+                line: self.name.clone(),
+                message: format!("cannot set the line: {e}"),
+            })
     }
 
     fn get(&mut self) -> Result<bool, GpioError> {
-        self.request.lone_value().map(|v| v == Value::Active).map_err(|e| GpioError::Request {
-            name: self.name.clone(),
-            line: self.name.clone(),
-            message: format!("cannot read the line back: {e}"),
-        })
+        self.request
+            .lone_value()
+            .map(|v| v == Value::Active)
+            .map_err(|e| GpioError::Request {
+                name: self.name.clone(),
+                line: self.name.clone(),
+                message: format!("cannot read the line back: {e}"),
+            })
     }
 }
 
@@ -215,19 +257,27 @@ impl Drop for TaskGuard {
 
 impl Gpio for LinuxGpio {
     fn request_output(&self, config: &OutputConfig) -> Result<Box<dyn OutputLine>, GpioError> {
-        let settings = self.output_settings(config).ok_or_else(|| GpioError::Request {
-            name: config.name.clone(),
-            line: "(none)".into(),
-            message: "a virtual output has no line".into(),
-        })?;
+        let settings = self
+            .output_settings(config)
+            .ok_or_else(|| GpioError::Request {
+                name: config.name.clone(),
+                line: "(none)".into(),
+                message: "a virtual output has no line".into(),
+            })?;
         let request = self.request(&settings)?;
-        Ok(Box::new(LinuxOutput { request, name: config.name.clone() }))
+        Ok(Box::new(LinuxOutput {
+            request,
+            name: config.name.clone(),
+        }))
     }
 
     fn request_input(&self, config: &InputConfig) -> Result<InputLine, GpioError> {
         let settings = self.input_settings(config);
         let request = self.request(&settings)?;
-        let initial = request.lone_value().map(|v| v == Value::Active).unwrap_or(false);
+        let initial = request
+            .lone_value()
+            .map(|v| v == Value::Active)
+            .unwrap_or(false);
         let (tx, rx) = mpsc::unbounded_channel();
         let name = config.name.clone();
         let request = gpiocdev::tokio::AsyncRequest::new(request);
@@ -247,7 +297,11 @@ impl Gpio for LinuxGpio {
                 }
             }
         });
-        Ok(InputLine { initial, edges: rx, guard: Box::new(TaskGuard(task)) })
+        Ok(InputLine {
+            initial,
+            edges: rx,
+            guard: Box::new(TaskGuard(task)),
+        })
     }
 }
 
@@ -269,7 +323,10 @@ mod tests {
         };
         let s = gpio.output_settings(&out).unwrap();
         assert_eq!(s.chip, Some(PathBuf::from("/dev/gpiochip0")));
-        assert_eq!((s.active_low, s.output, s.bias, s.debounce), (true, Some(true), None, None));
+        assert_eq!(
+            (s.active_low, s.output, s.bias, s.debounce),
+            (true, Some(true), None, None)
+        );
         let virtual_out = OutputConfig { line: None, ..out };
         assert!(gpio.output_settings(&virtual_out).is_none());
 
@@ -286,7 +343,12 @@ mod tests {
         assert_eq!(s.bias, Some(gpiocdev::line::Bias::PullUp));
         assert_eq!(s.debounce, Some(Duration::from_millis(20)));
         assert_eq!(s.output, None);
-        let s = gpio.input_settings(&InputConfig { chip: Some("/dev/gpiochip4".into()), debounce_ms: 0, bias: Bias::AsIs, ..inp });
+        let s = gpio.input_settings(&InputConfig {
+            chip: Some("/dev/gpiochip4".into()),
+            debounce_ms: 0,
+            bias: Bias::AsIs,
+            ..inp
+        });
         assert_eq!(s.chip, Some(PathBuf::from("/dev/gpiochip4")));
         assert_eq!((s.bias, s.debounce), (None, None));
     }
@@ -304,7 +366,10 @@ mod tests {
         };
         let err = gpio.request_output(&out).err().expect("no such chip");
         let msg = err.to_string();
-        assert!(msg.contains("/nonexistent/gpiochip9") && msg.contains("'led'"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/gpiochip9") && msg.contains("'led'"),
+            "{msg}"
+        );
         assert!(matches!(err, GpioError::ChipMissing { .. }));
         if !std::path::Path::new("/dev/gpiochip0").exists() {
             let inp = InputConfig {
@@ -315,7 +380,11 @@ mod tests {
                 debounce_ms: 0,
                 active_low: false,
             };
-            let msg = LinuxGpio::new("gpiochip0").request_input(&inp).err().expect("no chips").to_string();
+            let msg = LinuxGpio::new("gpiochip0")
+                .request_input(&inp)
+                .err()
+                .expect("no chips")
+                .to_string();
             assert!(msg.contains("GPIO22") && msg.contains("simulated"), "{msg}");
         }
     }

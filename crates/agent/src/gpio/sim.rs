@@ -62,7 +62,9 @@ pub struct SimGpio {
 
 impl std::fmt::Debug for SimGpio {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimGpio").field("file", &self.inner.file).finish()
+        f.debug_struct("SimGpio")
+            .field("file", &self.inner.file)
+            .finish()
     }
 }
 
@@ -105,7 +107,10 @@ impl SimGpio {
         {
             let mut guard = self.lock();
             let (state, senders) = &mut *guard;
-            let line = state.lines.get_mut(name).ok_or_else(|| GpioError::UnknownLine(name.into()))?;
+            let line = state
+                .lines
+                .get_mut(name)
+                .ok_or_else(|| GpioError::UnknownLine(name.into()))?;
             if line.direction != Direction::Input {
                 return Err(GpioError::NotAnInput(name.into()));
             }
@@ -143,7 +148,10 @@ impl SimGpio {
         self.inner.version.subscribe()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (SimState, BTreeMap<String, mpsc::UnboundedSender<InputEdge>>)> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (SimState, BTreeMap<String, mpsc::UnboundedSender<InputEdge>>)>
+    {
         // A panic while holding the lock cannot leave the map half-updated; keep going.
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -164,7 +172,11 @@ impl SimGpio {
     fn set_output(&self, name: &str, value: bool) -> Result<(), GpioError> {
         {
             let mut guard = self.lock();
-            let line = guard.0.lines.get_mut(name).ok_or_else(|| GpioError::UnknownLine(name.into()))?;
+            let line = guard
+                .0
+                .lines
+                .get_mut(name)
+                .ok_or_else(|| GpioError::UnknownLine(name.into()))?;
             if line.value == value {
                 return Ok(());
             }
@@ -186,7 +198,11 @@ impl SimGpio {
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let answer = sim.control(&line);
-                    if write.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
+                    if write
+                        .write_all(format!("{answer}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -218,7 +234,16 @@ impl SimGpio {
             ["list"] => self
                 .snapshot()
                 .iter()
-                .map(|(n, l)| format!("{n} {} {}", match l.direction { Direction::Input => "input", Direction::Output => "output" }, u8::from(l.value)))
+                .map(|(n, l)| {
+                    format!(
+                        "{n} {} {}",
+                        match l.direction {
+                            Direction::Input => "input",
+                            Direction::Output => "output",
+                        },
+                        u8::from(l.value)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("; "),
             _ => "error: commands are `set NAME 0|1`, `get NAME` and `list`".into(),
@@ -255,7 +280,9 @@ impl OutputLine for SimOutput {
     }
 
     fn get(&mut self) -> Result<bool, GpioError> {
-        self.sim.level(&self.name).ok_or_else(|| GpioError::UnknownLine(self.name.clone()))
+        self.sim
+            .level(&self.name)
+            .ok_or_else(|| GpioError::UnknownLine(self.name.clone()))
     }
 }
 
@@ -283,7 +310,11 @@ impl Gpio for SimGpio {
         {
             let mut guard = self.lock();
             if guard.0.lines.contains_key(&config.name) {
-                return Err(GpioError::Busy { name: config.name.clone(), chip: "sim".into(), line: config.name.clone() });
+                return Err(GpioError::Busy {
+                    name: config.name.clone(),
+                    chip: "sim".into(),
+                    line: config.name.clone(),
+                });
             }
             guard.0.lines.insert(
                 config.name.clone(),
@@ -296,7 +327,10 @@ impl Gpio for SimGpio {
             );
         }
         self.changed();
-        Ok(Box::new(SimOutput { sim: self.clone(), name: config.name.clone() }))
+        Ok(Box::new(SimOutput {
+            sim: self.clone(),
+            name: config.name.clone(),
+        }))
     }
 
     fn request_input(&self, config: &InputConfig) -> Result<InputLine, GpioError> {
@@ -304,11 +338,20 @@ impl Gpio for SimGpio {
         {
             let mut guard = self.lock();
             if guard.0.lines.contains_key(&config.name) {
-                return Err(GpioError::Busy { name: config.name.clone(), chip: "sim".into(), line: config.name.clone() });
+                return Err(GpioError::Busy {
+                    name: config.name.clone(),
+                    chip: "sim".into(),
+                    line: config.name.clone(),
+                });
             }
             guard.0.lines.insert(
                 config.name.clone(),
-                SimLine { direction: Direction::Input, value: false, active_low: config.active_low, physical: config.active_low },
+                SimLine {
+                    direction: Direction::Input,
+                    value: false,
+                    active_low: config.active_low,
+                    physical: config.active_low,
+                },
             );
             guard.1.insert(config.name.clone(), tx);
         }
@@ -316,7 +359,10 @@ impl Gpio for SimGpio {
         Ok(InputLine {
             initial: false,
             edges: rx,
-            guard: Box::new(SimInputGuard { sim: self.clone(), name: config.name.clone() }),
+            guard: Box::new(SimInputGuard {
+                sim: self.clone(),
+                name: config.name.clone(),
+            }),
         })
     }
 
@@ -342,7 +388,14 @@ mod tests {
     }
 
     fn input(name: &str) -> InputConfig {
-        InputConfig { name: name.into(), line: LineRef::Offset(2), chip: None, bias: Bias::AsIs, debounce_ms: 0, active_low: false }
+        InputConfig {
+            name: name.into(),
+            line: LineRef::Offset(2),
+            chip: None,
+            bias: Bias::AsIs,
+            debounce_ms: 0,
+            active_low: false,
+        }
     }
 
     #[tokio::test]
@@ -350,24 +403,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sim = SimGpio::in_data_dir(dir.path());
         let mut led = sim.request_output(&output("led", false)).unwrap();
-        assert!(matches!(sim.request_output(&output("led", false)), Err(GpioError::Busy { .. })));
+        assert!(matches!(
+            sim.request_output(&output("led", false)),
+            Err(GpioError::Busy { .. })
+        ));
         let mut button = sim.request_input(&input("button")).unwrap();
         assert_eq!(sim.level("led"), Some(false));
         led.set(true).unwrap();
         assert!(led.get().unwrap());
         assert!(sim.wait_level("led", true, Duration::from_secs(1)).await);
-        let file: SimState = serde_json::from_slice(&std::fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
-        assert_eq!(file.lines["led"], SimLine { direction: Direction::Output, value: true, active_low: true, physical: false });
+        let file: SimState =
+            serde_json::from_slice(&std::fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
+        assert_eq!(
+            file.lines["led"],
+            SimLine {
+                direction: Direction::Output,
+                value: true,
+                active_low: true,
+                physical: false
+            }
+        );
 
-        assert!(matches!(sim.drive_input("led", true), Err(GpioError::NotAnInput(_))));
+        assert!(matches!(
+            sim.drive_input("led", true),
+            Err(GpioError::NotAnInput(_))
+        ));
         let socket = dir.path().join(SOCKET_FILE);
         let listener = SimGpio::bind_control(&socket).unwrap();
         let server = tokio::spawn(sim.clone().serve_control(listener));
         assert_eq!(send_control(&socket, "set button on").await.unwrap(), "ok");
         assert_eq!(button.edges.recv().await, Some(InputEdge::new(true)));
         assert_eq!(send_control(&socket, "get button").await.unwrap(), "1");
-        assert!(send_control(&socket, "set button maybe").await.unwrap().starts_with("error:"));
-        assert!(send_control(&socket, "get nothing").await.unwrap().starts_with("error:"));
+        assert!(
+            send_control(&socket, "set button maybe")
+                .await
+                .unwrap()
+                .starts_with("error:")
+        );
+        assert!(
+            send_control(&socket, "get nothing")
+                .await
+                .unwrap()
+                .starts_with("error:")
+        );
         // Same level again: no edge.
         sim.drive_input("button", true).unwrap();
         sim.drive_input("button", false).unwrap();

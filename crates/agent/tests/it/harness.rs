@@ -20,7 +20,8 @@ use tokio::{
 
 pub struct Pki {
     pub ca_pem: String,
-    issuer: rcgen::Issuer<'static, KeyPair>,
+    pub ca_der: Vec<u8>,
+    pub issuer: rcgen::Issuer<'static, KeyPair>,
 }
 
 impl Pki {
@@ -28,15 +29,22 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "agent test ca");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "agent test ca");
         let ca = params.self_signed(&key).unwrap();
-        Pki { ca_pem: ca.pem(), issuer: rcgen::Issuer::new(params, key) }
+        Pki {
+            ca_pem: ca.pem(),
+            ca_der: ca.der().to_vec(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
     }
 
     /// (cert_pem, key_pem) for `cn`, valid for 127.0.0.1 and localhost.
     pub fn issue(&self, cn: &str) -> (String, String) {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -106,25 +114,49 @@ impl TestBroker {
                 client_ca: Some(dir.path().join("ca.pem")),
                 require_client_cert: true,
             },
-            TlsOptions { poll_interval: None, reload_on_sighup: false, ..TlsOptions::default() },
+            TlsOptions {
+                poll_interval: None,
+                reload_on_sighup: false,
+                ..TlsOptions::default()
+            },
         )
         .unwrap();
-        let config = BrokerConfig { sys_interval: Duration::ZERO, ..BrokerConfig::default() };
+        let config = BrokerConfig {
+            sys_interval: Duration::ZERO,
+            ..BrokerConfig::default()
+        };
         let broker = Broker::open(config, Arc::new(CertAuth)).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut this = TestBroker { broker, addr, pki, tls, _dir: dir, running: None };
+        let mut this = TestBroker {
+            broker,
+            addr,
+            pki,
+            tls,
+            _dir: dir,
+            running: None,
+        };
         this.serve(listener);
         this
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let bound = BoundListener::from_listener(listener, Scheme::Mqtts, "/", Some(self.tls.clone())).unwrap();
+        let bound =
+            BoundListener::from_listener(listener, Scheme::Mqtts, "/", Some(self.tls.clone()))
+                .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let options = ServeOptions { drain_timeout: Duration::from_secs(2), ..ServeOptions::default() };
-        let task = tokio::spawn(broker::listener::serve_with(Outage(self.broker.clone()), vec![bound], options, async {
-            let _ = rx.await;
-        }));
+        let options = ServeOptions {
+            drain_timeout: Duration::from_secs(2),
+            ..ServeOptions::default()
+        };
+        let task = tokio::spawn(broker::listener::serve_with(
+            Outage(self.broker.clone()),
+            vec![bound],
+            options,
+            async {
+                let _ = rx.await;
+            },
+        ));
         self.running = Some((tx, task));
     }
 
@@ -165,7 +197,14 @@ pub fn config(text: &str, dir: &Path) -> AgentConfig {
 
 pub async fn start_agent(config: AgentConfig, bundle: Bundle) -> (AgentHandle, SimGpio) {
     let sim = SimGpio::in_data_dir(&config.data_dir);
-    let agent = Agent::start(config, bundle, Arc::new(sim.clone()), std::future::pending()).await.unwrap();
+    let agent = Agent::start(
+        config,
+        bundle,
+        Arc::new(sim.clone()),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
     (agent, sim)
 }
 

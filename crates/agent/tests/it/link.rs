@@ -33,36 +33,83 @@ async fn commands_inputs_presence_and_restart() {
     let (agent, sim) = start_agent(config(LED_BUTTON, dir.path()), broker.bundle("d1")).await;
 
     let meta = recv_until(&mut sub, T, |m| &*m.topic == "devices/d1/meta").await;
-    assert_eq!(json(&meta)["outputs"], json!([{"name": "led", "type": "bool"}]));
-    recv_until(&mut sub, T, |m| &*m.topic == "devices/d1/status" && &m.payload[..] == b"online").await;
+    assert_eq!(
+        json(&meta)["outputs"],
+        json!([{"name": "led", "type": "bool"}])
+    );
+    recv_until(&mut sub, T, |m| {
+        &*m.topic == "devices/d1/status" && &m.payload[..] == b"online"
+    })
+    .await;
     // Retained for whoever subscribes later.
     let mut late = local.subscribe("devices/d1/meta");
     let meta = recv_until(&mut late, T, |_| true).await;
     assert!(meta.retain);
-    assert_eq!(json(&meta)["inputs"], json!([{"name": "button", "type": "bool"}]));
+    assert_eq!(
+        json(&meta)["inputs"],
+        json!([{"name": "button", "type": "bool"}])
+    );
     assert!(agent.wait_connected(T).await);
 
     // A command: the line goes high, the state read back from it carries the command id.
-    local.publish(command("devices/d1/set/led", json!({"value": true, "id": "c1"})));
-    assert!(sim.wait_level("led", true, T).await, "the simulated LED line went high");
-    let state = recv_until(&mut sub, T, |m| &*m.topic == "devices/d1/state/led" && json(m)["cmd"] == "c1").await;
+    local.publish(command(
+        "devices/d1/set/led",
+        json!({"value": true, "id": "c1"}),
+    ));
+    assert!(
+        sim.wait_level("led", true, T).await,
+        "the simulated LED line went high"
+    );
+    let state = recv_until(&mut sub, T, |m| {
+        &*m.topic == "devices/d1/state/led" && json(m)["cmd"] == "c1"
+    })
+    .await;
     assert_eq!(json(&state)["value"], json!(true));
     let ack = recv_until(&mut sub, T, |m| &*m.topic == "devices/d1/ack").await;
-    assert_eq!(json(&ack), json!({"id": "c1", "name": "led", "ok": true, "value": true}));
+    assert_eq!(
+        json(&ack),
+        json!({"id": "c1", "name": "led", "ok": true, "value": true})
+    );
 
     // Invalid commands are answered with an error and never applied.
-    local.publish(command("devices/d1/set/led", json!({"value": "off", "id": "c2"})));
+    local.publish(command(
+        "devices/d1/set/led",
+        json!({"value": "off", "id": "c2"}),
+    ));
     let ack = recv_until(&mut sub, T, |m| &*m.topic == "devices/d1/ack").await;
     let ack = json(&ack);
-    assert_eq!((ack["id"].as_str(), ack["ok"].as_bool()), (Some("c2"), Some(false)), "{ack}");
-    assert!(ack["error"].as_str().unwrap().contains("expected a bool"), "{ack}");
-    local.publish(command("devices/d1/set/fan", json!({"value": true, "id": "c3"})));
+    assert_eq!(
+        (ack["id"].as_str(), ack["ok"].as_bool()),
+        (Some("c2"), Some(false)),
+        "{ack}"
+    );
+    assert!(
+        ack["error"].as_str().unwrap().contains("expected a bool"),
+        "{ack}"
+    );
+    local.publish(command(
+        "devices/d1/set/fan",
+        json!({"value": true, "id": "c3"}),
+    ));
     let ack = json(&recv_until(&mut sub, T, |m| &*m.topic == "devices/d1/ack").await);
     assert_eq!(ack["ok"], json!(false));
-    assert!(ack["error"].as_str().unwrap().contains("unknown output 'fan'"), "{ack}");
-    local.publish(command("devices/d1/set/led", json!({"valeur": false, "id": "c4"})));
+    assert!(
+        ack["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown output 'fan'"),
+        "{ack}"
+    );
+    local.publish(command(
+        "devices/d1/set/led",
+        json!({"valeur": false, "id": "c4"}),
+    ));
     let ack = json(&recv_until(&mut sub, T, |m| &*m.topic == "devices/d1/ack").await);
-    assert_eq!((ack["id"].as_str(), ack["ok"].as_bool()), (Some("c4"), Some(false)), "{ack}");
+    assert_eq!(
+        (ack["id"].as_str(), ack["ok"].as_bool()),
+        (Some("c4"), Some(false)),
+        "{ack}"
+    );
     assert_eq!(sim.level("led"), Some(true), "the line is unchanged");
 
     // An input edge becomes an event (with a sequence id) and a state.
@@ -78,21 +125,35 @@ async fn commands_inputs_presence_and_restart() {
         }
     }
     let (event, state) = (event.unwrap(), state.unwrap());
-    assert_eq!((event["value"].as_bool(), event["edge"].as_str()), (Some(true), Some("rising")), "{event}");
+    assert_eq!(
+        (event["value"].as_bool(), event["edge"].as_str()),
+        (Some(true), Some("rising")),
+        "{event}"
+    );
     assert!(event["id"].as_u64().unwrap() > 0);
     assert_eq!(state["value"], json!(true));
 
     // A clean stop says offline.
     agent.shutdown().await;
-    recv_until(&mut sub, T, |m| &*m.topic == "devices/d1/status" && &m.payload[..] == b"offline").await;
+    recv_until(&mut sub, T, |m| {
+        &*m.topic == "devices/d1/status" && &m.payload[..] == b"offline"
+    })
+    .await;
     drop(sim);
 
     // Restart (a power cut for the LED): the desired state is re-applied and reported.
     let (agent, sim) = start_agent(config(LED_BUTTON, dir.path()), broker.bundle("d1")).await;
-    assert_eq!(sim.level("led"), Some(true), "the LED is back on at start, before any command");
+    assert_eq!(
+        sim.level("led"),
+        Some(true),
+        "the LED is back on at start, before any command"
+    );
     let state = recv_until(&mut sub, T, |m| &*m.topic == "devices/d1/state/led").await;
     assert_eq!(json(&state)["value"], json!(true));
-    recv_until(&mut sub, T, |m| &*m.topic == "devices/d1/status" && &m.payload[..] == b"online").await;
+    recv_until(&mut sub, T, |m| {
+        &*m.topic == "devices/d1/status" && &m.payload[..] == b"online"
+    })
+    .await;
     agent.shutdown().await;
 }
 
@@ -118,7 +179,9 @@ async fn outage_readings_arrive_exactly_once_in_order() {
     std::fs::create_dir_all(&proc_dir).unwrap();
     // Five fast sensors that read a fake /proc/loadavg: they produce nothing until the file
     // exists, so nothing is in flight when the broker goes away.
-    let mut text = String::from("[gpio]\nbackend = \"simulated\"\n[outbox]\nreplay_per_second = 50000\n[[input]]\nname = \"button\"\nline = 1\n");
+    let mut text = String::from(
+        "[gpio]\nbackend = \"simulated\"\n[outbox]\nreplay_per_second = 50000\n[[input]]\nname = \"button\"\nline = 1\n",
+    );
     for i in 0..5 {
         text.push_str(&format!("[[sensor]]\nname = \"load{i}\"\nkind = \"system\"\nmetric = \"load1\"\ninterval_ms = 1\n"));
     }
@@ -129,12 +192,19 @@ async fn outage_readings_arrive_exactly_once_in_order() {
 
     broker.stop_listener().await;
     let mut link = agent.link_state();
-    tokio::time::timeout(T, link.wait_for(|l| !l.is_connected())).await.unwrap().unwrap();
+    tokio::time::timeout(T, link.wait_for(|l| !l.is_connected()))
+        .await
+        .unwrap()
+        .unwrap();
 
     std::fs::write(proc_dir.join("loadavg"), "0.25 0.20 0.10 1/100 999\n").unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while agent.outbox().len() < READINGS {
-        assert!(tokio::time::Instant::now() < deadline, "only {} readings queued", agent.outbox().len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} readings queued",
+            agent.outbox().len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     std::fs::remove_file(proc_dir.join("loadavg")).unwrap();
@@ -164,8 +234,16 @@ async fn outage_readings_arrive_exactly_once_in_order() {
     assert!(got.len() as u64 > READINGS, "{} messages", got.len());
     if got != expected {
         let dups: Vec<_> = got.windows(2).filter(|w| w[1] <= w[0]).take(10).collect();
-        let gaps: Vec<_> = got.windows(2).filter(|w| w[1] > w[0] + 1).take(10).collect();
-        panic!("{} received for {} ids {first}..={marker}; out of order/dups {dups:?}; gaps {gaps:?}", got.len(), expected.len());
+        let gaps: Vec<_> = got
+            .windows(2)
+            .filter(|w| w[1] > w[0] + 1)
+            .take(10)
+            .collect();
+        panic!(
+            "{} received for {} ids {first}..={marker}; out of order/dups {dups:?}; gaps {gaps:?}",
+            got.len(),
+            expected.len()
+        );
     }
     assert_eq!(got, expected, "every reading exactly once, in order");
     agent.shutdown().await;

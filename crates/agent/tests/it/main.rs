@@ -1,5 +1,6 @@
 //! Integration tests: the agent against our own broker over TLS, with simulated GPIO.
 
+mod enroll;
 mod harness;
 mod link;
 mod local;

@@ -214,3 +214,12 @@ async fn mqtt_3_1_v31_and_v311_clients_connect_and_exchange_messages() {
         .await;
     assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
 }
+
+#[tokio::test]
+async fn mqtt_4_12_0_1_unsupported_authentication_method_is_0x8c() {
+    let b = TestBroker::start().await;
+    let mut builder = b.client("auth");
+    builder.connect.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    let (_, ack) = builder.connect_raw().await;
+    assert_eq!(ack.reason_code, ReasonCode::BadAuthenticationMethod);
+}

@@ -204,3 +204,35 @@ async fn sessions_survive_kill_9() {
     r.subscribe("k/r", QoS::AtLeastOnce).await;
     assert_eq!(r.expect_publish().await.payload, "retained");
 }
+
+#[tokio::test]
+async fn retained_message_sent_to_a_second_persistent_subscriber_is_journaled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::with_config(config(dir.path())).await;
+    let mut publ = b.client("pub").connect().await;
+    publ.publish("cfg", "v1", QoS::AtLeastOnce, true).await;
+    let mut a = b.client("a").clean(false).expiry(3600).connect().await;
+    a.subscribe("cfg", QoS::AtLeastOnce).await;
+    a.expect_publish().await;
+    a.sync().await;
+    let mut second = b.client("second").clean(false).expiry(3600).connect().await;
+    second.subscribe("cfg", QoS::AtLeastOnce).await;
+    let first = second.expect_publish_noack().await;
+    second.sync().await;
+    b.crash().await;
+
+    let b = TestBroker::with_config(config(dir.path())).await;
+    let (mut second, ack) = b
+        .client("second")
+        .clean(false)
+        .expiry(3600)
+        .connect_raw()
+        .await;
+    assert!(ack.session_present);
+    let again = second.expect_publish().await;
+    assert!(again.dup);
+    assert_eq!(
+        (again.packet_id, &again.payload[..]),
+        (first.packet_id, &b"v1"[..])
+    );
+}

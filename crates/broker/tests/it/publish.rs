@@ -228,3 +228,63 @@ async fn mqtt_3_10_4_unsubscribe_stops_delivery_and_reports_missing_filters() {
     assert!(sub.sync().await.is_empty());
     assert_eq!(b.broker.stats().subscriptions, 0);
 }
+
+#[tokio::test]
+async fn fan_out_frames_carry_each_subscribers_packet_id_and_flags() {
+    let b = TestBroker::start().await;
+    let rap = SubscribeOptions {
+        retain_as_published: true,
+        ..SubscribeOptions::qos(QoS::AtLeastOnce)
+    };
+    let mut a = b
+        .client("a")
+        .clean(false)
+        .expiry(60)
+        .receive_maximum(1)
+        .connect()
+        .await;
+    a.subscribe_with(vec![("f", rap)], None).await;
+    let mut bb = b.client("b").connect().await;
+    bb.subscribe("f", QoS::ExactlyOnce).await;
+    let mut c = b.client("c").v311().connect().await;
+    c.subscribe("f", QoS::AtLeastOnce).await;
+    // Make b's packet ids differ from a's.
+    bb.subscribe("warm", QoS::AtLeastOnce).await;
+    let mut publ = b.client("pub").connect().await;
+    publ.publish("warm", "w", QoS::AtLeastOnce, false).await;
+    bb.expect_publish().await;
+    publ.publish("f", "one", QoS::ExactlyOnce, true).await;
+    let pa = a.expect_publish_noack().await;
+    let pb = bb.expect_publish_noack().await;
+    let pc = c.expect_publish_noack().await;
+    assert_eq!(
+        (pa.qos, pb.qos, pc.qos),
+        (QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce)
+    );
+    assert_eq!((pa.retain, pb.retain, pc.retain), (true, false, false));
+    assert!(!pa.dup && !pb.dup && !pc.dup);
+    assert_ne!(pa.packet_id, pb.packet_id);
+    assert_eq!(
+        (&pa.payload, &pb.payload, &pc.payload),
+        (&pa.payload, &pa.payload, &pa.payload)
+    );
+    bb.ack(&pb).await;
+    c.ack(&pc).await;
+    publ.publish("f", "two", QoS::AtLeastOnce, false).await;
+    assert_eq!(bb.expect_publish().await.payload, "two");
+    assert_eq!(c.expect_publish().await.payload, "two");
+    a.expect_nothing(100).await; // Receive Maximum 1 and "one" not acknowledged yet.
+    a.ack(&pa).await;
+    let two = a.expect_publish_noack().await;
+    assert_eq!(two.payload, "two");
+    assert_ne!(two.packet_id, pa.packet_id);
+    drop(a);
+    wait_until("a offline", || b.broker.stats().clients_connected == 3).await;
+    let mut a = b.client("a").clean(false).expiry(60).connect().await;
+    let again = a.expect_publish().await;
+    assert!(again.dup);
+    assert_eq!(
+        (again.packet_id, &again.payload[..]),
+        (two.packet_id, &b"two"[..])
+    );
+}

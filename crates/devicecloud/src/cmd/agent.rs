@@ -120,10 +120,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         None => run_agent(args.run).await,
         Some(Sub::Status(s)) => status(s),
-        Some(Sub::Install { config, prefix, binary }) => {
+        Some(Sub::Install {
+            config,
+            prefix,
+            binary,
+        }) => {
             let binary = match binary {
                 Some(b) => b,
-                None => std::env::current_exe().context("cannot find this program's path; pass --binary")?,
+                None => std::env::current_exe()
+                    .context("cannot find this program's path; pass --binary")?,
             };
             let done = agent::install::install(&prefix, &config, &binary)?;
             println!("wrote {}", done.unit.display());
@@ -131,31 +136,57 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             if let Some(b) = done.bundle {
                 println!("wrote {} (mode 0600)", b.display());
             }
-            println!("now run: systemctl daemon-reload && systemctl enable --now devicecloud-agent");
+            println!(
+                "now run: systemctl daemon-reload && systemctl enable --now devicecloud-agent"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Some(Sub::Uninstall { prefix }) => {
             let removed = agent::install::uninstall(&prefix)?;
             if removed.is_empty() {
-                println!("nothing to remove: the agent is not installed under {}", prefix.display());
+                println!(
+                    "nothing to remove: the agent is not installed under {}",
+                    prefix.display()
+                );
             }
             for p in removed {
                 println!("removed {}", p.display());
             }
-            println!("run `systemctl disable --now devicecloud-agent` first if it was running, then `systemctl daemon-reload`");
+            println!(
+                "run `systemctl disable --now devicecloud-agent` first if it was running, then `systemctl daemon-reload`"
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Some(Sub::Enroll { url, code, ca_sha256, out }) => {
+        Some(Sub::Enroll {
+            url,
+            code,
+            ca_sha256,
+            out,
+        }) => {
             let bundle = agent::enroll::enroll(&url, &code, &ca_sha256).await?;
-            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
             let path = out.join("device.bundle");
             bundle.save(&path)?;
-            println!("enrolled as device '{}'; wrote {} (mode 0600)", bundle.device_id, path.display());
+            println!(
+                "enrolled as device '{}'; wrote {} (mode 0600)",
+                bundle.device_id,
+                path.display()
+            );
             let config = out.join("agent.toml");
             if !config.exists() {
-                let text = format!("bundle = \"device.bundle\"\ndata_dir = \"/var/lib/devicecloud-agent\"\n\n{}", agent::demo::DEMO_TOML.replace("backend = \"simulated\"", "backend = \"linux\""));
-                std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
-                println!("wrote a starter {}; edit the lines and sensors, then `devicecloud agent install --config {}`", config.display(), config.display());
+                let text = format!(
+                    "bundle = \"device.bundle\"\ndata_dir = \"/var/lib/devicecloud-agent\"\n\n{}",
+                    agent::demo::DEMO_TOML
+                        .replace("backend = \"simulated\"", "backend = \"linux\"")
+                );
+                std::fs::write(&config, text)
+                    .with_context(|| format!("cannot write {}", config.display()))?;
+                println!(
+                    "wrote a starter {}; edit the lines and sensors, then `devicecloud agent install --config {}`",
+                    config.display(),
+                    config.display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -182,7 +213,10 @@ fn data_dir_of(at: &DataDirArgs) -> anyhow::Result<PathBuf> {
     if let Some(d) = &at.data_dir {
         return Ok(d.clone());
     }
-    let config = at.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = at
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     if !config.exists() && at.config.is_none() && Path::new(SIM_DATA_DIR).exists() {
         return Ok(PathBuf::from(SIM_DATA_DIR));
     }
@@ -197,7 +231,11 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", status.render());
     }
-    Ok(if status.agent_alive() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if status.agent_alive() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 /// Data directory of `--simulate` without a config.
@@ -210,7 +248,9 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, false) => {
             let path = Path::new(DEFAULT_CONFIG);
             if !path.exists() {
-                bail!("no config: pass --config agent.toml (or --bundle FILE --simulate to try the demo device without hardware)");
+                bail!(
+                    "no config: pass --config agent.toml (or --bundle FILE --simulate to try the demo device without hardware)"
+                );
             }
             AgentConfig::load(path)?
         }
@@ -232,8 +272,12 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<ExitCode> {
     let bundle = config.load_bundle()?;
     let gpio: Arc<dyn agent::Gpio> = match config.gpio.backend {
         agent::config::GpioBackend::Simulated => {
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot create the data directory {}",
+                    config.data_dir.display()
+                )
+            })?;
             Arc::new(SimGpio::in_data_dir(&config.data_dir))
         }
         agent::config::GpioBackend::Linux => agent::gpio_for(&config),

@@ -150,10 +150,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tracing::warn!("{warning}");
     }
 
+    tracing::info!(
+        "devicecloud broker {}: {}; {}",
+        broker::VERSION,
+        settings.auth_summary(),
+        match &settings.data {
+            Some(dir) => format!("sessions and retained messages kept in {}", dir.display()),
+            None => "in-memory only (no --data)".to_owned(),
+        }
+    );
+    // Always handle SIGHUP, so that it never terminates the broker (its default action);
+    // TLS certificates reload themselves on it (see ReloadableTls).
     #[cfg(unix)]
-    if let Some(auth) = password_auth.clone() {
-        spawn_password_reload_on_sighup(auth);
-    }
+    spawn_sighup_handler(
+        password_auth
+            .clone()
+            .filter(|_| settings.password_file.is_some()),
+    );
     let options = ServeOptions {
         max_connections: settings
             .max_connections
@@ -304,6 +317,25 @@ impl Settings {
         })
     }
 
+    fn auth_summary(&self) -> String {
+        let mut ways = Vec::new();
+        if let Some(file) = &self.password_file {
+            ways.push(format!("users from {}", file.display()));
+        }
+        if let Some(tls) = self.tls.as_ref().filter(|t| t.client_ca.is_some()) {
+            let required = if tls.require_client_cert {
+                "required"
+            } else {
+                "optional"
+            };
+            ways.push(format!("client certificates ({required})"));
+        }
+        if self.anonymous {
+            ways.push("anonymous clients".to_owned());
+        }
+        format!("accepting {}", ways.join(", "))
+    }
+
     fn client_ca(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
     }
@@ -370,13 +402,21 @@ async fn shutdown_signal() {
 }
 
 #[cfg(unix)]
-fn spawn_password_reload_on_sighup(auth: Arc<PasswordFileAuth>) {
+fn spawn_sighup_handler(passwords: Option<Arc<PasswordFileAuth>>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(err) => {
+            tracing::warn!("cannot listen for SIGHUP, reload on signal disabled: {err}");
+            return;
+        }
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            let Some(auth) = &passwords else {
+                tracing::info!("SIGHUP received");
+                continue;
+            };
             match auth.reload() {
                 Ok(users) => tracing::info!("reloaded the password file: {users} user(s)"),
                 Err(err) => tracing::error!(

@@ -46,8 +46,14 @@ impl DataArgs {
         create_private_dir(&data_dir)?;
         let config = ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?;
         let url = config.database_url(&data_dir);
-        let store = Store::open(&url).await.with_context(|| format!("data directory {}", data_dir.display()))?;
-        Ok(Workspace { data_dir, config, store })
+        let store = Store::open(&url)
+            .await
+            .with_context(|| format!("data directory {}", data_dir.display()))?;
+        Ok(Workspace {
+            data_dir,
+            config,
+            store,
+        })
     }
 }
 
@@ -59,21 +65,31 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))
 }
 
 /// `cli:<unix user>`: who did an administrative action from the command line.
 pub fn actor() -> String {
     let uid = nix::unistd::getuid();
-    let name = nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| format!("uid{uid}"));
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| format!("uid{uid}"));
     format!("cli:{name}")
 }
 
 /// Epoch milliseconds as `2026-11-27 07:05:00Z`.
 pub fn format_time(ms: i64) -> String {
-    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)) else { return ms.to_string() };
-    t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z"))
-        .unwrap_or_else(|_| ms.to_string())
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)) else {
+        return ms.to_string();
+    };
+    t.format(time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second]Z"
+    ))
+    .unwrap_or_else(|_| ms.to_string())
 }
 
 /// "3m ago", "2h ago", "5d ago".
@@ -189,6 +205,10 @@ pub struct RotateArgs {
     /// Switch to a client certificate.
     #[arg(long)]
     pub certificate: bool,
+    /// Revoke the current credential and print a new one-time enrollment code instead of
+    /// issuing credentials here.
+    #[arg(long, conflicts_with_all = ["token", "certificate"])]
+    pub enroll: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -214,7 +234,11 @@ fn load_ca(ws: &Workspace) -> anyhow::Result<Ca> {
 
 /// A host name for URLs when the server listens on every interface.
 fn public_host(config: &ServerConfig) -> String {
-    config.cert_hostnames().into_iter().next().unwrap_or_else(|| "localhost".into())
+    config
+        .cert_hostnames()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn listener_url(config: &ServerConfig, listener: &Listener) -> String {
@@ -226,7 +250,11 @@ fn listener_url(config: &ServerConfig, listener: &Listener) -> String {
             ip => ip.to_string(),
         }
     };
-    format!("{}://{host}:{}", listener.kind.scheme(), listener.addr.port())
+    format!(
+        "{}://{host}:{}",
+        listener.kind.scheme(),
+        listener.addr.port()
+    )
 }
 
 /// Broker URLs for bundles: the configured public ones, else the server's TLS MQTT listeners.
@@ -241,7 +269,11 @@ fn broker_urls(config: &ServerConfig) -> Vec<String> {
         .filter(|l| l.kind == ListenerKind::Mqtts)
         .map(|l| listener_url(config, &l))
         .collect();
-    if urls.is_empty() { vec![format!("mqtts://{}:8883", public_host(config))] } else { urls }
+    if urls.is_empty() {
+        vec![format!("mqtts://{}:8883", public_host(config))]
+    } else {
+        urls
+    }
 }
 
 /// The web tier's URL for bundles and enrollment lines.
@@ -266,25 +298,42 @@ struct Outputs {
 
 impl Outputs {
     fn plan(name: &str, args: &OutputArgs, overwrite_bundle: bool) -> anyhow::Result<Outputs> {
-        let bundle = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("{name}.bundle")));
+        let bundle = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{name}.bundle")));
         if bundle.exists() && !(args.force || overwrite_bundle) {
-            bail!("{} already exists: pass --force to overwrite it, or --out FILE", bundle.display());
+            bail!(
+                "{} already exists: pass --force to overwrite it, or --out FILE",
+                bundle.display()
+            );
         }
         if let Some(dir) = &args.pem {
-            for file in [format!("{name}.crt"), format!("{name}.key"), format!("{name}.token")] {
+            for file in [
+                format!("{name}.crt"),
+                format!("{name}.key"),
+                format!("{name}.token"),
+            ] {
                 let path = dir.join(file);
                 if path.exists() && !(args.force || overwrite_bundle) {
-                    bail!("{} already exists: pass --force to overwrite it", path.display());
+                    bail!(
+                        "{} already exists: pass --force to overwrite it",
+                        path.display()
+                    );
                 }
             }
         }
-        Ok(Outputs { bundle, pem_dir: args.pem.clone() })
+        Ok(Outputs {
+            bundle,
+            pem_dir: args.pem.clone(),
+        })
     }
 
     fn write(&self, bundle: &Bundle) -> anyhow::Result<()> {
         bundle.save(&self.bundle)?;
         if let Some(dir) = &self.pem_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             pki::write_public_file(&dir.join("ca.crt"), bundle.ca_pem.as_bytes())?;
             let name = &bundle.device_id;
             match &bundle.credentials {
@@ -301,7 +350,10 @@ impl Outputs {
     }
 
     fn describe(&self, credentials: &Credentials, name: &str) -> String {
-        let mut text = format!("bundle: {} (keep it secret: it is the device's identity)", self.bundle.display());
+        let mut text = format!(
+            "bundle: {} (keep it secret: it is the device's identity)",
+            self.bundle.display()
+        );
         if let Some(dir) = &self.pem_dir {
             match credentials {
                 Credentials::Certificate { .. } => text.push_str(&format!(
@@ -319,20 +371,34 @@ impl Outputs {
 }
 
 /// New credentials: what the store keeps and what the bundle carries.
-fn issue(ca: &Ca, name: &str, token: bool, days: u32) -> anyhow::Result<(DeviceCredential, Credentials)> {
+fn issue(
+    ca: &Ca,
+    name: &str,
+    token: bool,
+    days: u32,
+) -> anyhow::Result<(DeviceCredential, Credentials)> {
     if token {
         // 128 random bits: stored as a plain SHA-256, see store::secret.
         let token = secret::generate_device_token();
-        Ok((DeviceCredential::Token { token_hash: secret::hash_token(&token) }, Credentials::Token { token }))
+        Ok((
+            DeviceCredential::Token {
+                token_hash: secret::hash_token(&token),
+            },
+            Credentials::Token { token },
+        ))
     } else {
-        let issued = ca.issue_device_cert(name, Duration::from_secs(u64::from(days.max(1)) * 86_400))?;
+        let issued =
+            ca.issue_device_cert(name, Duration::from_secs(u64::from(days.max(1)) * 86_400))?;
         Ok((
             DeviceCredential::Certificate {
                 serial_hex: issued.info.serial_hex.clone(),
                 fingerprint_sha256: issued.info.fingerprint_sha256.clone(),
                 not_after_ms: issued.info.not_after_unix * 1000,
             },
-            Credentials::Certificate { cert_pem: issued.cert_pem, key_pem: issued.key_pem },
+            Credentials::Certificate {
+                cert_pem: issued.cert_pem,
+                key_pem: issued.key_pem,
+            },
         ))
     }
 }
@@ -351,27 +417,39 @@ async fn add_device(ws: &Workspace, args: AddArgs) -> anyhow::Result<()> {
     if ws.store.devices().get(name).await?.is_some() {
         return Err(store::Error::DeviceExists(name.to_string()).into());
     }
-    let grants = Grants { publish: args.grant_publish, subscribe: args.grant_subscribe };
+    let grants = Grants {
+        publish: args.grant_publish,
+        subscribe: args.grant_subscribe,
+    };
     let ca = load_ca(ws)?;
     let actor = actor();
     let grant_note = if grants.is_empty() {
         String::new()
     } else {
-        format!("; grants publish={:?} subscribe={:?}", grants.publish, grants.subscribe)
+        format!(
+            "; grants publish={:?} subscribe={:?}",
+            grants.publish, grants.subscribe
+        )
     };
 
     if args.enroll {
-        ws.store.devices().add(name, &DeviceCredential::Pending, &grants).await?;
-        let code = secret::generate_enroll_code();
-        let expires_at = store::now_ms() + ENROLL_VALIDITY.as_millis() as i64;
-        ws.store.enroll().create(name, &secret::hash_enroll_code(&code), expires_at).await?;
+        ws.store
+            .devices()
+            .add(name, &DeviceCredential::Pending, &grants)
+            .await?;
+        let expires_at = print_enroll_line(ws, &ca, name).await?;
         ws.store
             .audit()
-            .append(&actor, "device.add", name, &format!("enrollment code, expires {}{grant_note}", format_time(expires_at)))
+            .append(
+                &actor,
+                "device.add",
+                name,
+                &format!(
+                    "enrollment code, expires {}{grant_note}",
+                    format_time(expires_at)
+                ),
+            )
             .await?;
-        eprintln!("device '{name}' registered; it gets its certificate when it enrolls.");
-        eprintln!("The code works once, until {}. On the device, run:", format_time(expires_at));
-        println!("devicecloud agent enroll {} {code} --ca-sha256 {}", api_url(&ws.config), ca.sha256_hex());
         return Ok(());
     }
 
@@ -392,17 +470,66 @@ async fn add_device(ws: &Workspace, args: AddArgs) -> anyhow::Result<()> {
     }
     ws.store
         .audit()
-        .append(&actor, "device.add", name, &format!("{}{grant_note}", describe_credential(&credential)))
+        .append(
+            &actor,
+            "device.add",
+            name,
+            &format!("{}{grant_note}", describe_credential(&credential)),
+        )
         .await?;
-    println!("device '{name}' added with a {}.", bundle.credentials.kind());
+    println!(
+        "device '{name}' added with a {}.",
+        bundle.credentials.kind()
+    );
     println!("{}", outputs.describe(&bundle.credentials, name));
     println!("broker: {}", bundle.broker_urls.join(", "));
     Ok(())
 }
 
+/// Creates a one-time enrollment code for a registered device and prints the command to run
+/// on it (stdout: the one place a secret is printed). Returns the code's expiry.
+async fn print_enroll_line(ws: &Workspace, ca: &Ca, name: &str) -> anyhow::Result<i64> {
+    let code = secret::generate_enroll_code();
+    let expires_at = store::now_ms() + ENROLL_VALIDITY.as_millis() as i64;
+    ws.store
+        .enroll()
+        .create(name, &secret::hash_enroll_code(&code), expires_at)
+        .await?;
+    eprintln!("device '{name}' gets its certificate when it enrolls.");
+    eprintln!(
+        "The code works once, until {}. On the device, run:",
+        format_time(expires_at)
+    );
+    println!(
+        "devicecloud agent enroll {} {code} --ca-sha256 {}",
+        api_url(&ws.config),
+        ca.sha256_hex()
+    );
+    Ok(expires_at)
+}
+
 async fn rotate_device(ws: &Workspace, args: RotateArgs) -> anyhow::Result<()> {
     let name = args.name.as_str();
     let device = ws.store.devices().require(name).await?;
+    if args.enroll {
+        let ca = load_ca(ws)?;
+        let old = ws
+            .store
+            .devices()
+            .set_credential(name, &DeviceCredential::Pending, "re-enrollment")
+            .await?;
+        let expires_at = print_enroll_line(ws, &ca, name).await?;
+        let detail = format!(
+            "{} -> enrollment code, expires {}",
+            describe_credential(&old),
+            format_time(expires_at)
+        );
+        ws.store
+            .audit()
+            .append(&actor(), "device.rotate", name, &detail)
+            .await?;
+        return Ok(());
+    }
     let token = if args.token {
         true
     } else if args.certificate {
@@ -422,25 +549,48 @@ async fn rotate_device(ws: &Workspace, args: RotateArgs) -> anyhow::Result<()> {
         credentials,
     };
     outputs.write(&bundle)?;
-    let old = ws.store.devices().set_credential(name, &credential, "rotated").await?;
+    let old = ws
+        .store
+        .devices()
+        .set_credential(name, &credential, "rotated")
+        .await?;
     ws.store
         .audit()
         .append(
             &actor(),
             "device.rotate",
             name,
-            &format!("{} -> {}", describe_credential(&old), describe_credential(&credential)),
+            &format!(
+                "{} -> {}",
+                describe_credential(&old),
+                describe_credential(&credential)
+            ),
         )
         .await?;
-    println!("device '{name}' has a new {}; the old {} no longer works.", bundle.credentials.kind(), old.kind());
+    println!(
+        "device '{name}' has a new {}; the old {} no longer works.",
+        bundle.credentials.kind(),
+        old.kind()
+    );
     println!("{}", outputs.describe(&bundle.credentials, name));
     Ok(())
 }
 
 async fn remove(ws: &Workspace, name: &str) -> anyhow::Result<()> {
     let device = ws.store.devices().remove(name).await?;
-    ws.store.audit().append(&actor(), "device.remove", name, &describe_credential(&device.credential)).await?;
-    println!("device '{name}' removed; its {} is revoked.", device.credential.kind());
+    ws.store
+        .audit()
+        .append(
+            &actor(),
+            "device.remove",
+            name,
+            &describe_credential(&device.credential),
+        )
+        .await?;
+    println!(
+        "device '{name}' removed; its {} is revoked.",
+        device.credential.kind()
+    );
     Ok(())
 }
 
@@ -485,7 +635,11 @@ async fn show(ws: &Workspace, name: &str) -> anyhow::Result<()> {
     println!("created:     {}", format_time(d.created_at));
     println!("status:      {status} (last seen {seen})");
     match &d.credential {
-        DeviceCredential::Certificate { serial_hex, fingerprint_sha256, not_after_ms } => {
+        DeviceCredential::Certificate {
+            serial_hex,
+            fingerprint_sha256,
+            not_after_ms,
+        } => {
             println!("credential:  client certificate, CN={}", d.id);
             println!("  serial:      {serial_hex}");
             println!("  sha256:      {fingerprint_sha256}");
@@ -495,7 +649,10 @@ async fn show(ws: &Workspace, name: &str) -> anyhow::Result<()> {
         DeviceCredential::Pending => println!("credential:  none yet (waiting for enrollment)"),
     }
     if !d.grants.is_empty() {
-        println!("grants:      publish {:?}, subscribe {:?}", d.grants.publish, d.grants.subscribe);
+        println!(
+            "grants:      publish {:?}, subscribe {:?}",
+            d.grants.publish, d.grants.subscribe
+        );
     }
     if let Some(meta) = &d.meta {
         match serde_json::from_value::<proto::payload::Meta>(meta.clone()) {
@@ -503,14 +660,25 @@ async fn show(ws: &Workspace, name: &str) -> anyhow::Result<()> {
                 if !meta.agent.is_empty() {
                     println!("agent:       {}", meta.agent);
                 }
-                let ports =
-                    |ports: &[proto::payload::Port]| ports.iter().map(|p| format!("{} ({})", p.name, p.value_type)).collect::<Vec<_>>().join(", ");
+                let ports = |ports: &[proto::payload::Port]| {
+                    ports
+                        .iter()
+                        .map(|p| format!("{} ({})", p.name, p.value_type))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 println!("outputs:     {}", ports(&meta.outputs));
                 println!("inputs:      {}", ports(&meta.inputs));
                 let sensors: Vec<String> = meta
                     .sensors
                     .iter()
-                    .map(|s| if s.unit.is_empty() { s.name.clone() } else { format!("{} [{}]", s.name, s.unit) })
+                    .map(|s| {
+                        if s.unit.is_empty() {
+                            s.name.clone()
+                        } else {
+                            format!("{} [{}]", s.name, s.unit)
+                        }
+                    })
                     .collect();
                 println!("sensors:     {}", sensors.join(", "));
             }

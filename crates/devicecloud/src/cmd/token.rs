@@ -30,7 +30,8 @@ pub enum Command {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse().map_err(|e: proto::acl::UnknownRole| e.to_string())
+    s.parse()
+        .map_err(|e: proto::acl::UnknownRole| e.to_string())
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -40,8 +41,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         match args.command {
             Command::Create { name, role } => {
                 let token = secret::generate_api_token();
-                store.tokens().create(&name, role, &secret::hash_token(&token)).await?;
-                store.audit().append(&actor(), "token.create", &name, &format!("role {role}")).await?;
+                store
+                    .tokens()
+                    .create(&name, role, &secret::hash_token(&token))
+                    .await?;
+                store
+                    .audit()
+                    .append(&actor(), "token.create", &name, &format!("role {role}"))
+                    .await?;
                 eprintln!("token '{name}' (role {role}) created; it is shown only now:");
                 println!("{token}");
             }
@@ -54,7 +61,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                             t.name.clone(),
                             t.role.to_string(),
                             format_time(t.created_at),
-                            t.last_used.map(format_time).unwrap_or_else(|| "never".into()),
+                            t.last_used
+                                .map(format_time)
+                                .unwrap_or_else(|| "never".into()),
                         ]
                     })
                     .collect();
@@ -62,7 +71,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Command::Revoke { name } => {
                 store.tokens().revoke(&name).await?;
-                store.audit().append(&actor(), "token.revoke", &name, "").await?;
+                store
+                    .audit()
+                    .append(&actor(), "token.revoke", &name, "")
+                    .await?;
                 println!("token '{name}' revoked.");
             }
         }

@@ -42,46 +42,53 @@ pub struct Args {
     pub listen: Vec<String>,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let data_dir = args.data.unwrap_or_else(store::default_data_dir);
-    let config = ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?;
-    let listen = if args.listen.is_empty() {
-        DEFAULT_LISTENERS.iter().map(|s| s.to_string()).collect()
-    } else {
-        args.listen
-    };
-    let running = Server::start(ServerOptions::new(config, &data_dir).listen(listen))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot start the server (data directory {})",
-                data_dir.display()
-            )
-        })?;
+/// A running `up`: the server and the demo device.
+pub struct Up {
+    pub running: RunningServer,
+    pub agent: Option<agent::agent::AgentHandle>,
+    pub data_dir: PathBuf,
+    password: PasswordNote,
+}
 
-    let password = admin_password(&data_dir, running.initial_admin_password.as_deref())?;
-    let agent = match start_demo(&running, &data_dir).await {
-        Ok(agent) => Some(agent),
-        Err(err) => {
-            eprintln!("devicecloud up: the demo device could not start: {err:#}");
-            eprintln!("  the server runs anyway; see `devicecloud device list`");
-            None
-        }
-    };
-    print_welcome(&running, &data_dir, &password)?;
-
-    let signal = shutdown_signal().await?;
-    tracing::info!("{signal}: shutting down");
-    if let Some(agent) = agent {
-        // The device says goodbye (status offline) while the broker is still there.
-        if tokio::time::timeout(Duration::from_secs(5), agent.shutdown())
+impl Up {
+    /// Starts the server and the demo device (the device failing to start is reported, not fatal).
+    pub async fn start(args: Args) -> anyhow::Result<Up> {
+        let data_dir = args.data.unwrap_or_else(store::default_data_dir);
+        let config = ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?;
+        let listen =
+            if args.listen.is_empty() { DEFAULT_LISTENERS.iter().map(|s| s.to_string()).collect() } else { args.listen };
+        let running = Server::start(ServerOptions::new(config, &data_dir).listen(listen))
             .await
-            .is_err()
+            .with_context(|| format!("cannot start the server (data directory {})", data_dir.display()))?;
+        let password = admin_password(&data_dir, running.initial_admin_password.as_deref())?;
+        let agent = match start_demo(&running, &data_dir).await {
+            Ok(agent) => Some(agent),
+            Err(err) => {
+                eprintln!("devicecloud up: the demo device could not start: {err:#}");
+                eprintln!("  the server runs anyway; see `devicecloud device list`");
+                None
+            }
+        };
+        Ok(Up { running, agent, data_dir, password })
+    }
+
+    /// Stops the device first (it says goodbye while the broker is still there), then the server.
+    pub async fn shutdown(self) {
+        if let Some(agent) = self.agent
+            && tokio::time::timeout(Duration::from_secs(5), agent.shutdown()).await.is_err()
         {
             tracing::warn!("the demo device did not stop within 5 s");
         }
+        self.running.shutdown().await;
     }
-    running.shutdown().await;
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let up = Up::start(args).await?;
+    print_welcome(&up.running, &up.data_dir, &up.password)?;
+    let signal = shutdown_signal().await?;
+    tracing::info!("{signal}: shutting down");
+    up.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -129,7 +136,14 @@ async fn start_demo(
     let store = &running.ctx.store;
     let registered = store.devices().get(DEMO_DEVICE).await?.is_some();
     let bundle = if registered && bundle_path.exists() {
-        Bundle::load(&bundle_path)?
+        let mut bundle = Bundle::load(&bundle_path)?;
+        // `--listen` may differ from the last run: the in-process device follows the server.
+        if !running.ctx.broker_urls.is_empty() && bundle.broker_urls != *running.ctx.broker_urls {
+            bundle.broker_urls = running.ctx.broker_urls.as_ref().clone();
+            bundle.api_url = running.ctx.api_url.as_deref().map(str::to_string);
+            bundle.save(&bundle_path)?;
+        }
+        bundle
     } else {
         if registered {
             // Registered but its bundle is gone: start it over.
@@ -288,5 +302,64 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
             .await
             .context("cannot listen for Ctrl-C")?;
         Ok("Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn args(dir: &Path) -> Args {
+        Args {
+            data: Some(dir.to_path_buf()),
+            listen: vec!["https://127.0.0.1:0".into(), "mqtts://127.0.0.1:0".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn up_enrolls_the_demo_once_and_its_led_toggles_at_once() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let up = Up::start(args(dir.path())).await.unwrap();
+        let agent = up.agent.as_ref().expect("the demo device started");
+        assert!(agent.wait_connected(Duration::from_secs(10)).await);
+        let PasswordNote::Known { password, new: true, .. } = &up.password else { panic!("no new password") };
+        let password = password.clone();
+        let kept = std::fs::read_to_string(dir.path().join(PASSWORD_FILE)).unwrap();
+        assert_eq!(kept, password);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(PASSWORD_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Enrolled like a real device: a certificate, not a token.
+        let device = up.running.ctx.store.devices().get(DEMO_DEVICE).await.unwrap().unwrap();
+        assert_eq!(device.credential.kind(), "certificate");
+        let twin = up.running.ctx.twin.clone();
+        let confirmed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match twin.send_command(DEMO_DEVICE, "led", json!(true), true).await {
+                    Ok(result) => return result,
+                    // Until its meta has arrived.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        })
+        .await
+        .expect("the LED toggles");
+        assert_eq!(confirmed.value, json!(true));
+        assert_eq!(agent.sim().unwrap().level("led"), Some(true));
+        up.shutdown().await;
+
+        // The second run reuses the enrollment and shows the same password.
+        let up = Up::start(args(dir.path())).await.unwrap();
+        let PasswordNote::Known { password: again, new: false, .. } = &up.password else { panic!("password not kept") };
+        assert_eq!(*again, password);
+        let device = up.running.ctx.store.devices().get(DEMO_DEVICE).await.unwrap().unwrap();
+        assert_eq!(device.credential.kind(), "certificate");
+        assert!(up.agent.as_ref().unwrap().wait_connected(Duration::from_secs(10)).await);
+        up.shutdown().await;
     }
 }

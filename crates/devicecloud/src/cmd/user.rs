@@ -37,7 +37,8 @@ pub enum Command {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse().map_err(|e: proto::acl::UnknownRole| e.to_string())
+    s.parse()
+        .map_err(|e: proto::acl::UnknownRole| e.to_string())
 }
 
 /// Reads a new password: one line from stdin if it is not a terminal, else prompted twice.
@@ -51,7 +52,10 @@ fn read_new_password(name: &str) -> anyhow::Result<String> {
         first
     } else {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
         line.trim_end_matches(['\n', '\r']).to_string()
     };
     secret::check_password_strength(&password)?;
@@ -74,20 +78,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 let hash = hash(read_new_password(&name)?).await?;
                 store.users().add(&name, role, &hash).await?;
-                store.audit().append(&actor(), "user.add", &name, &format!("role {role}")).await?;
+                store
+                    .audit()
+                    .append(&actor(), "user.add", &name, &format!("role {role}"))
+                    .await?;
                 println!("user '{name}' added with role {role}.");
             }
             Command::List => {
                 let users = store.users().list().await?;
                 let rows: Vec<Vec<String>> = users
                     .iter()
-                    .map(|u| vec![u.name.clone(), u.role.to_string(), format_time(u.created_at)])
+                    .map(|u| {
+                        vec![
+                            u.name.clone(),
+                            u.role.to_string(),
+                            format_time(u.created_at),
+                        ]
+                    })
                     .collect();
                 print_table(&["NAME", "ROLE", "CREATED"], &rows);
             }
             Command::Remove { name } => {
                 store.users().remove(&name).await?;
-                store.audit().append(&actor(), "user.remove", &name, "").await?;
+                store
+                    .audit()
+                    .append(&actor(), "user.remove", &name, "")
+                    .await?;
                 println!("user '{name}' removed.");
             }
             Command::Passwd { name } => {
@@ -96,7 +112,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 let hash = hash(read_new_password(&name)?).await?;
                 store.users().set_password(&name, &hash).await?;
-                store.audit().append(&actor(), "user.passwd", &name, "").await?;
+                store
+                    .audit()
+                    .append(&actor(), "user.passwd", &name, "")
+                    .await?;
                 println!("password of '{name}' changed; their sessions have ended.");
             }
         }

@@ -119,6 +119,11 @@ async fn sigterm_and_sigint_stop_gracefully_with_exit_code_0() {
         let mut sub = spawn_mosq("mosquitto_sub", &mosq(port, "mqttv5", &["-t", "e2e/x"]));
         sub.expect("SUBACK", |l| l.contains("received SUBACK"))
             .await;
+        // SIGHUP with nothing to reload must not kill it (SIGHUP's default action).
+        broker.signal("HUP");
+        broker
+            .expect("SIGHUP handled", |l| l.contains("SIGHUP received"))
+            .await;
         broker.signal(signal);
         let out = broker.success().await;
         assert!(

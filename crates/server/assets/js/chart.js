@@ -103,7 +103,7 @@ export class TelemetryChart {
     const count = this.points.length;
     const last = this.points[count - 1];
     this.status.textContent = count
-      ? `${count} points · latest ${formatReading(last.avg, this.sensor.unit)} · ${this.range.label.toLowerCase()} view`
+      ? `${count} point${count === 1 ? '' : 's'} · latest ${formatReading(last.avg, this.sensor.unit)} · ${this.range.label.toLowerCase()} view`
       : `No readings of ${this.sensor.name} in the last ${this.range.label.toLowerCase()}.`;
     const data = this.data();
     if (this.plot) {
@@ -132,7 +132,7 @@ export class TelemetryChart {
         { label: 'max', stroke: 'transparent', points: { show: false }, value: (u, v) => formatReading(v, unit) },
       ],
       bands: [{ series: [3, 1], fill: band }],
-      axes: [axis, { ...axis, size: 56, values: (u, ticks) => ticks.map((v) => formatReading(v, '')) }],
+      axes: [axis, { ...axis, size: 56 }],
     };
     this.plot = new uPlot(opts, data, this.canvas);
   }

@@ -4,7 +4,8 @@
 
 import { h, modal, copyButton, download, errorText, formatTime, announce } from './ui.js';
 
-const ID_PATTERN = '[A-Za-z0-9][A-Za-z0-9_.\\-]{0,62}';
+// As proto::topics::validate_device_id: lowercase letters, digits, '_' and '-'.
+const ID_PATTERN = '[a-z0-9][a-z0-9_\\-]{0,62}';
 
 export function openAddDevice(ctx) {
   const { body, close } = modal('Add a device', 'add-device-dialog');
@@ -19,7 +20,7 @@ export function openAddDevice(ctx) {
   const form = h('form', { class: 'stack' },
     h('label', { for: 'add-device-id' }, 'Device id'),
     id,
-    h('p', { id: 'add-device-id-help', class: 'muted small' }, 'Letters, digits, “-”, “_” and “.”; e.g. kitchen.'),
+    h('p', { id: 'add-device-id-help', class: 'muted small' }, 'Lowercase letters, digits, “-” and “_”; e.g. kitchen.'),
     h('fieldset', {},
       h('legend', {}, 'Credential'),
       choice('enroll', 'Enrollment code', 'A one-time command to run on the device (valid 15 minutes); the key never leaves the device.', true),
@@ -34,7 +35,7 @@ export function openAddDevice(ctx) {
     e.preventDefault();
     error.hidden = true;
     if (!id.checkValidity()) {
-      error.textContent = 'Enter a device id made of letters, digits, “-”, “_” and “.”.';
+      error.textContent = 'Enter a device id made of lowercase letters, digits, “-” and “_”, starting with a letter or digit.';
       error.hidden = false;
       id.focus();
       return;

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mqtt_ws;
 pub mod openapi;
 pub mod telemetry;
+pub mod tls;
 
 use std::{
     future::Future,
@@ -96,7 +97,7 @@ impl WebState {
             backoff_initial_ms: 5_000,
             backoff_max_secs: 300,
             failure_memory_secs: 900,
-            max_tracked_addresses: ctx.config.auth.max_tracked_addresses,
+            ..ctx.config.auth.clone()
         };
         WebState {
             login_backoff: Arc::new(Mutex::new(Backoff::new(&auth))),
@@ -226,6 +227,7 @@ pub async fn serve_state(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let app = router(state.clone());
+    let tls = tls.map(|tls| Arc::new(tls::WebTls::new(tls, state.ctx.ca.cert_der())));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);

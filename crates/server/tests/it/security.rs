@@ -349,8 +349,10 @@ async fn removed_device_is_kicked_within_a_second() {
         sub.seen
     );
 
+    // Removed through a second handle on the database file, as `devicecloud device remove` does.
+    let cli = store::Store::open_data_dir(dir.path()).await.unwrap();
     let removed_at = Instant::now();
-    server.ctx.store.devices().remove("kitchen").await.unwrap();
+    cli.devices().remove("kitchen").await.unwrap();
     // mosquitto_sub is disconnected (v5 DISCONNECT 0x98), retries, and is refused: it exits.
     let line = sub
         .wait_for(|l| l.contains("DISCONNECT") || l.contains("isconnect"))

@@ -38,7 +38,7 @@ where
 async fn the_websocket_delivers_presence_and_state() {
     let web = Web::start().await;
     let viewer = web.token("watcher", Role::Viewer).await;
-    let mut request = format!("wss://localhost/api/v1/live?device=lamp")
+    let mut request = "wss://localhost/api/v1/live?device=lamp"
         .into_client_request()
         .unwrap();
     request.headers_mut().insert(
