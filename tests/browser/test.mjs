@@ -232,7 +232,7 @@ try {
   }
   if (!Array.isArray(sdk.series.points)) fail(`dc.telemetry() answered ${JSON.stringify(sdk.series).slice(0, 200)}`);
   await waitGpio('led', false);
-  log(`the SDK works: 404/400 errors carry messages ("${sdk.wrongType.message}"); ${sdk.series.points.length} telemetry buckets in the last hour`);
+  log(`the SDK works: 404/400 errors carry messages ("${sdk.wrongType.message}"); telemetry query answered ${sdk.series.points.length} bucket(s) for the last hour`);
 
   if (pageErrors.length) fail(`uncaught errors in the page: ${pageErrors.join(' | ')}`);
   log(`passed; screenshots in ${artifacts}`);

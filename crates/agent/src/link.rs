@@ -140,12 +140,8 @@ impl Link {
             }
             if let Some((url, (client, events))) = connected {
                 tracing::info!(%url, device = %self.bundle.device_id, "connected to the broker");
-                let _ = self.link_state.send(LinkState::Connected {
-                    url: url.clone(),
-                    since_ms: now_ms(),
-                });
                 backoff = initial;
-                match self.session(&client, events, &mut shutdown).await {
+                match self.session(&url, &client, events, &mut shutdown).await {
                     Ended::Shutdown => {
                         let _ = self.link_state.send(LinkState::Stopped);
                         return;
@@ -198,9 +194,6 @@ impl Link {
                 .publish(topics::state(id, &name), payload, QoS::AtLeastOnce, true)
                 .await?;
         }
-        client
-            .publish(topics::status(id), topics::ONLINE, QoS::AtLeastOnce, true)
-            .await?;
         let code = client
             .subscribe(format!("{}/{}/set/+", topics::ROOT, id), QoS::AtLeastOnce)
             .await?;
@@ -209,11 +202,16 @@ impl Link {
                 "the broker refused the subscription to set/+ ({code}); check the device's permissions"
             )));
         }
+        // Online only once commands can be received.
+        client
+            .publish(topics::status(id), topics::ONLINE, QoS::AtLeastOnce, true)
+            .await?;
         Ok(())
     }
 
     async fn session(
         &mut self,
+        url: &str,
         client: &Client,
         mut events: Events,
         shutdown: &mut watch::Receiver<bool>,
@@ -225,6 +223,10 @@ impl Link {
         if let Err(err) = announce {
             return Ended::Lost(err.to_string());
         }
+        let _ = self.link_state.send(LinkState::Connected {
+            url: url.to_string(),
+            since_ms: now_ms(),
+        });
         let drain = drain(
             client.clone(),
             self.outbox.clone(),
@@ -434,4 +436,64 @@ async fn drain(client: Client, outbox: Outbox, device_id: String, rate: u32) -> 
         let _ = outbox.remove_through(id).await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(credentials: Credentials) -> Bundle {
+        Bundle {
+            device_id: "d1".into(),
+            broker_urls: vec!["mqtts://127.0.0.1:8883".into()],
+            api_url: None,
+            ca_pem: String::new(),
+            credentials,
+        }
+    }
+
+    #[test]
+    fn token_devices_log_in_with_their_id_and_everyone_leaves_a_will() {
+        let o = client_options(
+            &bundle(Credentials::Token {
+                token: "s3cret".into(),
+            }),
+            "mqtts://127.0.0.1:8883",
+            30,
+            None,
+        );
+        assert_eq!(o.client_id, "d1");
+        assert_eq!(o.username.as_deref(), Some("d1"));
+        assert_eq!(o.password.as_deref(), Some(&b"s3cret"[..]));
+        let will = o.will.unwrap();
+        assert_eq!(
+            (will.topic.as_str(), &will.payload[..], will.retain),
+            ("devices/d1/status", &b"offline"[..], true)
+        );
+        let o = client_options(
+            &bundle(Credentials::Certificate {
+                cert_pem: "c".into(),
+                key_pem: "k".into(),
+            }),
+            "mqtts://127.0.0.1:8883",
+            30,
+            None,
+        );
+        assert_eq!((o.username, o.password), (None, None));
+    }
+
+    #[tokio::test]
+    async fn throttle_limits_the_rate() {
+        let mut t = Throttle::new(200);
+        let start = Instant::now();
+        for _ in 0..60 {
+            t.take().await;
+        }
+        // A burst of 10, then 50 at 200/s.
+        assert!(
+            start.elapsed() >= Duration::from_millis(240),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 }

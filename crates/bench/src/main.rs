@@ -34,6 +34,10 @@ struct Args {
     /// Only run against these brokers (devicecloud, mosquitto).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only run scenarios whose name contains one of these words (idle, TLS, fan-in,
+    /// fan-out, latency, QoS0, QoS1).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,14 +83,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ("latency", 4),
         ];
         for (label, step) in steps {
+            if !args.scenarios.is_empty()
+                && !args.scenarios.iter().any(|w| label.contains(w.as_str()))
+            {
+                continue;
+            }
             eprintln!("  {label}...");
             let r = match step {
-                0 => scenarios::fan_in(&target, QoS::AtMostOnce, 8, scale(25_000)).await,
-                1 => scenarios::fan_in(&target, QoS::AtLeastOnce, 8, scale(10_000)).await,
-                2 => scenarios::fan_out(&target, QoS::AtMostOnce, 100, scale(2_000)).await,
-                3 => scenarios::fan_out(&target, QoS::AtLeastOnce, 100, scale(1_000)).await,
+                0 => scenarios::fan_in(&target, QoS::AtMostOnce, 8, scale(50_000)).await,
+                1 => scenarios::fan_in(&target, QoS::AtLeastOnce, 8, scale(25_000)).await,
+                2 => scenarios::fan_out(&target, QoS::AtMostOnce, 100, scale(10_000)).await,
+                3 => scenarios::fan_out(&target, QoS::AtLeastOnce, 100, scale(5_000)).await,
                 4 => scenarios::latency(&target, 1000, 5).await,
-                5 => scenarios::tls_connections(&target, pki.client.clone(), scale(500), 4).await,
+                5 => scenarios::tls_connections(&target, pki.client.clone(), scale(1_000), 4).await,
                 _ => scenarios::idle_connections(&target, connections).await,
             };
             match r {

@@ -29,7 +29,10 @@ impl Pki {
             .push(DnType::CommonName, "127.0.0.1");
         let cert = params.signed_by(&key, &issuer)?;
         let ca_pem = ca.pem();
-        let client = Arc::new(client::tls_config(&ca_pem, None)?);
+        let mut client = client::tls_config(&ca_pem, None)?;
+        // Measure full handshakes: no session resumption.
+        client.resumption = rustls::client::Resumption::disabled();
+        let client = Arc::new(client);
         Ok(Pki {
             ca_pem,
             cert_pem: cert.pem(),

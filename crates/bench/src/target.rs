@@ -14,7 +14,7 @@ use crate::pki::Pki;
 /// Per-client outbound in-flight window (our broker's default) and a queue large enough that
 /// a subscriber falling behind for a moment loses nothing: the same for both brokers.
 pub const MAX_INFLIGHT: u16 = 256;
-pub const MAX_QUEUED: usize = 100_000;
+pub const MAX_QUEUED: usize = 1_000_000;
 pub const MAX_CONNECTIONS: usize = 20_000;
 
 pub struct Target {

@@ -339,27 +339,30 @@ impl Inner {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
             if let (Some(inner), Some(session)) = (weak.upgrade(), session.upgrade()) {
-                let expired = {
-                    let st = session.lock();
-                    st.conn.is_none() && st.generation == generation && !st.ended
-                };
-                if expired {
-                    inner.end_session(&session);
-                }
+                inner.end_session(&session, generation);
             }
         });
     }
 
     /// Discards a session: its subscriptions, queue and persisted state.
-    pub fn end_session(&self, session: &Arc<Session>) {
+    pub fn end_session(&self, session: &Arc<Session>, generation: u64) {
         {
+            // Decided under the table lock so that a client reconnecting right now either
+            // resumes the session before this (and it stays) or gets a new one after.
             let mut map = self.lock_sessions();
+            {
+                let st = session.lock();
+                if st.conn.is_some() || st.generation != generation || st.ended {
+                    return;
+                }
+            }
             if map
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, session))
             {
                 map.remove(&session.client_id);
             }
+            session.lock().ended = true;
         }
         self.end_session_detached(session);
     }

@@ -229,6 +229,12 @@ struct Accepted {
     ack: ConnAck,
 }
 
+/// Topics network clients may never publish to, whatever their ACL: the broker's own `$SYS`
+/// tree and `$share/...`, which only exists as a filter.
+fn reserved_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/") || topic.starts_with("$share/")
+}
+
 fn auth_reason(e: &AuthError) -> ReasonCode {
     match e {
         AuthError::BadCredentials => ReasonCode::BadUserNameOrPassword,
@@ -321,7 +327,7 @@ async fn accept(
         ));
     }
     if let Some(w) = &c.will
-        && (!identity.permissions.may_publish(&w.topic) || w.topic.starts_with('$'))
+        && (!identity.permissions.may_publish(&w.topic) || reserved_topic(&w.topic))
     {
         return Err((
             ReasonCode::NotAuthorized,
@@ -676,7 +682,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // A retransmission of a message already routed: acknowledge it again only.
             return self.ack_publish(QoS::ExactlyOnce, pid, ReasonCode::Success, 0);
         }
-        let allowed = !p.topic.starts_with('$') && self.identity.permissions.may_publish(&p.topic);
+        let allowed = !reserved_topic(&p.topic) && self.identity.permissions.may_publish(&p.topic);
         if !allowed {
             Counters::add(&self.inner.counters.publish_denied, 1);
             tracing::debug!(client = %self.client_id, topic = %p.topic, "publish denied");
@@ -1219,7 +1225,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return;
         }
         if expiry == 0 {
-            self.inner.end_session(&self.session);
+            self.inner.end_session(&self.session, self.generation);
         } else {
             self.inner.schedule_expiry(&self.session, self.generation);
         }

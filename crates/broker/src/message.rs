@@ -82,7 +82,7 @@ impl Publication {
         props.subscription_identifiers = Vec::new();
         let expires_at = props
             .message_expiry_interval
-            .map(|s| Instant::now() + std::time::Duration::from_secs(u64::from(s)));
+            .and_then(|s| Instant::now().checked_add(std::time::Duration::from_secs(u64::from(s))));
         Publication {
             topic,
             payload,

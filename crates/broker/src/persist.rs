@@ -949,7 +949,7 @@ impl<'a> Dec<'a> {
         );
         if expires != 0 {
             let left = expires.saturating_sub(unix_ms_now());
-            p.expires_at = Some(Instant::now() + Duration::from_millis(left));
+            p.expires_at = Instant::now().checked_add(Duration::from_millis(left));
             p.props.message_expiry_interval = Some(1);
         }
         Some(Arc::new(p))

@@ -20,7 +20,7 @@ use proto::{
 };
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::bus::Bus;
 
@@ -184,9 +184,89 @@ struct Pending {
     waiter: Option<oneshot::Sender<Outcome>>,
 }
 
+/// A change to the commands table, applied in order by one writer task, off the command path.
+enum Record {
+    Create {
+        id: String,
+        device: String,
+        name: String,
+        value: Value,
+        actor: Option<String>,
+        ts: i64,
+    },
+    Finish {
+        id: String,
+        status: CommandStatus,
+        error: Option<String>,
+        ts: i64,
+    },
+}
+
+/// Recent commands, so a status poll sees an outcome before the store has it.
+#[derive(Default)]
+struct Recent {
+    by_id: HashMap<String, CommandResult>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// Commands remembered in memory (the store keeps them all).
+const RECENT_COMMANDS: usize = 10_000;
+
+impl Recent {
+    fn insert(&mut self, result: CommandResult) {
+        if self.by_id.len() >= RECENT_COMMANDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_id.remove(&oldest);
+        }
+        self.order.push_back(result.id.clone());
+        self.by_id.insert(result.id.clone(), result);
+    }
+}
+
+async fn record_writer(store: store::Store, mut rx: mpsc::UnboundedReceiver<Record>) {
+    while let Some(record) = rx.recv().await {
+        let (id, result) = match record {
+            Record::Create {
+                id,
+                device,
+                name,
+                value,
+                actor,
+                ts,
+            } => {
+                let r = store
+                    .commands()
+                    .create(&id, &device, &name, &value, actor.as_deref(), ts)
+                    .await
+                    .map(|_| ());
+                (id, r)
+            }
+            Record::Finish {
+                id,
+                status,
+                error,
+                ts,
+            } => {
+                let r = store
+                    .commands()
+                    .finish(&id, status, error.as_deref(), ts)
+                    .await
+                    .map(|_| ());
+                (id, r)
+            }
+        };
+        if let Err(err) = result {
+            tracing::warn!(command = %id, "cannot record the command: {err}");
+        }
+    }
+}
+
 struct Inner {
     devices: Mutex<HashMap<String, DeviceState>>,
     pending: Mutex<HashMap<String, Pending>>,
+    recent: Mutex<Recent>,
+    records: mpsc::UnboundedSender<Record>,
     live: broadcast::Sender<Arc<LiveEvent>>,
     bus: Arc<dyn Bus>,
     store: store::Store,
@@ -225,10 +305,14 @@ impl Twin {
         store: store::Store,
     ) -> Result<Twin, crate::bus::BusError> {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        let (records, records_rx) = mpsc::unbounded_channel();
+        tokio::spawn(record_writer(store.clone(), records_rx));
         let twin = Twin {
             inner: Arc::new(Inner {
                 devices: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
+                recent: Mutex::new(Recent::default()),
+                records,
                 live,
                 bus: bus.clone(),
                 store,
@@ -518,16 +602,18 @@ impl Twin {
             desired.status = status;
             desired.error.clone_from(&error);
         }
-        let store = self.inner.store.clone();
-        let (cid, err) = (id.to_string(), error.clone());
-        tokio::spawn(async move {
-            if let Err(e) = store
-                .commands()
-                .finish(&cid, status, err.as_deref(), now_ms())
-                .await
-            {
-                tracing::warn!(command = %cid, "cannot record the command's outcome: {e}");
+        if let Some(recent) = lock(&self.inner.recent).by_id.get_mut(id) {
+            recent.status = status;
+            recent.error.clone_from(&error);
+            if status == CommandStatus::Confirmed {
+                recent.value = value.clone();
             }
+        }
+        let _ = self.inner.records.send(Record::Finish {
+            id: id.to_string(),
+            status,
+            error: error.clone(),
+            ts: now_ms(),
         });
         self.emit(LiveEvent::Command {
             device: device.to_string(),
@@ -602,12 +688,23 @@ impl Twin {
 
         let id = uuid::Uuid::new_v4().simple().to_string();
         let now = now_ms();
-        self.inner
-            .store
-            .commands()
-            .create(&id, device, name, &value, actor, now)
-            .await
-            .map_err(|e| CommandError::Internal(format!("cannot record the command: {e}")))?;
+        // Recorded in order by the writer task: the store is not on the command's path.
+        let _ = self.inner.records.send(Record::Create {
+            id: id.clone(),
+            device: device.to_string(),
+            name: name.to_string(),
+            value: value.clone(),
+            actor: actor.map(str::to_string),
+            ts: now,
+        });
+        lock(&self.inner.recent).insert(CommandResult {
+            id: id.clone(),
+            device: device.to_string(),
+            name: name.to_string(),
+            value: value.clone(),
+            status: CommandStatus::Pending,
+            error: None,
+        });
 
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(
@@ -698,6 +795,11 @@ impl Twin {
             CommandStatus::Timeout,
             Some(message),
         );
+    }
+
+    /// A recent command as the twin knows it (the store has older ones).
+    pub fn command(&self, id: &str) -> Option<CommandResult> {
+        lock(&self.inner.recent).by_id.get(id).cloned()
     }
 
     /// Commands still waiting for their device.

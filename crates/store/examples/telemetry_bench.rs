@@ -1,5 +1,5 @@
 //! Telemetry throughput and query latency on a real SQLite file:
-//! `cargo run --release -p store --example telemetry_bench [DIR]`.
+//! `cargo run --release -p store --example telemetry_bench [DIR | postgres://...]`.
 //!
 //! Inserts a year of one-minute readings for one series (525,600) in batches of 10,000,
 //! then runs the dashboard's one-year query (1,000 points) and a one-day query.
@@ -10,15 +10,20 @@ use store::{Sample, Store};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = match std::env::args().nth(1) {
-        Some(d) => std::path::PathBuf::from(d),
-        None => std::env::temp_dir().join(format!(
-            "devicecloud-telemetry-bench-{}",
-            std::process::id()
-        )),
+    // Argument: a directory for the SQLite file, or a postgres:// URL of an empty database.
+    let arg = std::env::args().nth(1);
+    let temp = std::env::temp_dir().join(format!(
+        "devicecloud-telemetry-bench-{}",
+        std::process::id()
+    ));
+    let store = match &arg {
+        Some(url) if url.starts_with("postgres") => Store::open(url).await?,
+        Some(dir) => Store::open_data_dir(std::path::Path::new(dir)).await?,
+        None => {
+            std::fs::create_dir_all(&temp)?;
+            Store::open_data_dir(&temp).await?
+        }
     };
-    std::fs::create_dir_all(&dir)?;
-    let store = Store::open_data_dir(&dir).await?;
     let t = store.telemetry();
     const MIN: i64 = 60_000;
     let start = 1_672_531_200_000;
@@ -78,8 +83,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         begin.elapsed()
     );
     store.close().await;
-    if std::env::args().nth(1).is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
+    if arg.is_none() {
+        let _ = std::fs::remove_dir_all(&temp);
     }
     Ok(())
 }

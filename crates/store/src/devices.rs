@@ -46,6 +46,19 @@ impl Grants {
     pub fn is_empty(&self) -> bool {
         self.publish.is_empty() && self.subscribe.is_empty()
     }
+
+    /// Checks that every grant is a well-formed MQTT topic filter.
+    pub fn validate(&self) -> Result<(), Error> {
+        for filter in self.publish.iter().chain(&self.subscribe) {
+            if !proto::acl::is_valid_filter(filter) {
+                return Err(Error::Invalid {
+                    field: "grant",
+                    message: format!("'{filter}' is not a valid MQTT topic filter"),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A registered device.
@@ -149,18 +162,6 @@ fn credential_columns(c: &DeviceCredential) -> CredentialColumns<'_> {
     }
 }
 
-fn check_grants(grants: &Grants) -> Result<(), Error> {
-    for filter in grants.publish.iter().chain(&grants.subscribe) {
-        if !proto::acl::is_valid_filter(filter) {
-            return Err(Error::Invalid {
-                field: "grant",
-                message: format!("'{filter}' is not a valid MQTT topic filter"),
-            });
-        }
-    }
-    Ok(())
-}
-
 async fn record_revoked(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     device_id: &str,
@@ -199,7 +200,7 @@ impl Devices<'_> {
             field: "device id",
             message: e.to_string(),
         })?;
-        check_grants(grants)?;
+        grants.validate()?;
         let grants_json = serde_json::to_string(grants).unwrap_or_else(|_| "{}".into());
         let (kind, serial, fingerprint, not_after, token_hash) = credential_columns(credential);
         let now = now_ms();
@@ -337,7 +338,7 @@ impl Devices<'_> {
 
     /// Replaces the extra topic grants of a device.
     pub async fn set_grants(&self, id: &str, grants: &Grants) -> Result<(), Error> {
-        check_grants(grants)?;
+        grants.validate()?;
         let json = serde_json::to_string(grants).unwrap_or_else(|_| "{}".into());
         let mut tx = self.store.pool().begin().await?;
         bump_version(&mut tx).await?;

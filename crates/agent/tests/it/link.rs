@@ -248,3 +248,44 @@ async fn outage_readings_arrive_exactly_once_in_order() {
     assert_eq!(got, expected, "every reading exactly once, in order");
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_drops_oldest_reports_it_and_replays_at_a_limited_rate() {
+    let mut broker = TestBroker::start().await;
+    broker.stop_listener().await;
+    let local = broker.broker.local_client("server:test");
+    let mut sub = local.subscribe("devices/d1/#");
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[gpio]\nbackend = \"simulated\"\n[outbox]\nmax_entries = 40\nreplay_per_second = 100\n[[sensor]]\nname = \"t\"\nkind = \"simulated\"\ninterval_ms = 2\n";
+    let (agent, _sim) = start_agent(config(text, dir.path()), broker.bundle("d1")).await;
+    let deadline = tokio::time::Instant::now() + T;
+    while agent.outbox().dropped() < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing dropped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(agent.outbox().len() <= 40);
+    broker.restart_listener().await;
+    let started = tokio::time::Instant::now();
+    let dropped = recv_until(&mut sub, T, |m| {
+        &*m.topic == "devices/d1/state/agent_dropped"
+    })
+    .await;
+    assert!(
+        json(&dropped)["value"].as_u64().unwrap() >= 20,
+        "{}",
+        json(&dropped)
+    );
+    // 40 queued (more keep coming) at 100/s with a burst of 5: the first 40 take over 0.3 s.
+    for _ in 0..40 {
+        recv_until(&mut sub, T, |m| {
+            m.topic.starts_with("devices/d1/telemetry/")
+        })
+        .await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "replayed too fast: {:?}",
+        started.elapsed()
+    );
+    agent.shutdown().await;
+}

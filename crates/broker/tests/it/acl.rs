@@ -80,3 +80,56 @@ async fn disconnect_principal_closes_its_connections() {
     other.send(Packet::PingReq).await;
     assert_eq!(other.recv().await, Some(Packet::PingResp));
 }
+
+#[tokio::test]
+async fn preauthenticated_connections_skip_the_authenticator_but_keep_their_acl() {
+    use broker::{
+        ConnInfo,
+        auth::{Identity, Transport},
+    };
+    use codec::{Connect, MqttCodec, ProtocolVersion, Publish};
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::Arc;
+
+    let b = TestBroker::start().await;
+    let (client, server) = tokio::io::duplex(4096);
+    let mut info = ConnInfo::new("127.0.0.1:1".parse().unwrap(), Transport::Wss);
+    info.preauthenticated = Some(Identity {
+        principal: "user:dash".into(),
+        permissions: Arc::new(Limited),
+    });
+    tokio::spawn(b.broker.serve_connection(server, info));
+    let mut f =
+        tokio_util::codec::Framed::new(client, MqttCodec::new(ProtocolVersion::V5, u32::MAX));
+    let mut connect = Connect::new(ProtocolVersion::V5, "dash");
+    connect.username = Some("bad".into()); // the authenticator would refuse this
+    f.send(Packet::Connect(Box::new(connect))).await.unwrap();
+    match f.next().await {
+        Some(Ok(Packet::ConnAck(a))) => assert_eq!(a.reason_code, ReasonCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let mut p = Publish::new("secret/x", bytes::Bytes::from_static(b"no"));
+    p.qos = QoS::AtLeastOnce;
+    p.packet_id = Some(1);
+    f.send(Packet::Publish(p)).await.unwrap();
+    match f.next().await {
+        Some(Ok(Packet::PubAck(a))) => assert_eq!(a.reason_code, ReasonCode::NotAuthorized),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    assert_eq!(b.broker.disconnect_principal("user:dash"), 1);
+}
+
+#[tokio::test]
+async fn clients_cannot_publish_into_sys() {
+    let b = TestBroker::start().await;
+    let mut watch = b.client("w").connect().await;
+    watch.subscribe("$SYS/#", QoS::AtMostOnce).await;
+    watch.subscribe("$app/#", QoS::AtMostOnce).await;
+    let mut c = b.client("c").connect().await;
+    let mut p = codec::Publish::new("$SYS/broker/version", bytes::Bytes::from_static(b"fake"));
+    p.qos = QoS::AtLeastOnce;
+    p.packet_id = Some(2);
+    assert_eq!(c.publish_packet(p).await, ReasonCode::NotAuthorized);
+    c.publish("$app/x", "ok", QoS::AtMostOnce, false).await;
+    assert_eq!(watch.expect_publish().await.topic, "$app/x");
+}

@@ -421,6 +421,7 @@ async fn add_device(ws: &Workspace, args: AddArgs) -> anyhow::Result<()> {
         publish: args.grant_publish,
         subscribe: args.grant_subscribe,
     };
+    grants.validate()?;
     let ca = load_ca(ws)?;
     let actor = actor();
     let grant_note = if grants.is_empty() {
@@ -683,6 +684,12 @@ async fn show(ws: &Workspace, name: &str) -> anyhow::Result<()> {
                 println!("sensors:     {}", sensors.join(", "));
             }
             Err(_) => println!("meta:        {meta}"),
+        }
+    }
+    let telemetry = ws.store.telemetry();
+    for sensor in telemetry.sensors(&d.id).await? {
+        if let Some((ts, value)) = telemetry.latest(&d.id, &sensor).await? {
+            println!("telemetry:   {sensor} = {value} ({})", format_ago(ts, now));
         }
     }
     Ok(())

@@ -55,11 +55,19 @@ impl Up {
     pub async fn start(args: Args) -> anyhow::Result<Up> {
         let data_dir = args.data.unwrap_or_else(store::default_data_dir);
         let config = ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?;
-        let listen =
-            if args.listen.is_empty() { DEFAULT_LISTENERS.iter().map(|s| s.to_string()).collect() } else { args.listen };
+        let listen = if args.listen.is_empty() {
+            DEFAULT_LISTENERS.iter().map(|s| s.to_string()).collect()
+        } else {
+            args.listen
+        };
         let running = Server::start(ServerOptions::new(config, &data_dir).listen(listen))
             .await
-            .with_context(|| format!("cannot start the server (data directory {})", data_dir.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot start the server (data directory {})",
+                    data_dir.display()
+                )
+            })?;
         let password = admin_password(&data_dir, running.initial_admin_password.as_deref())?;
         let agent = match start_demo(&running, &data_dir).await {
             Ok(agent) => Some(agent),
@@ -69,13 +77,20 @@ impl Up {
                 None
             }
         };
-        Ok(Up { running, agent, data_dir, password })
+        Ok(Up {
+            running,
+            agent,
+            data_dir,
+            password,
+        })
     }
 
     /// Stops the device first (it says goodbye while the broker is still there), then the server.
     pub async fn shutdown(self) {
         if let Some(agent) = self.agent
-            && tokio::time::timeout(Duration::from_secs(5), agent.shutdown()).await.is_err()
+            && tokio::time::timeout(Duration::from_secs(5), agent.shutdown())
+                .await
+                .is_err()
         {
             tracing::warn!("the demo device did not stop within 5 s");
         }
@@ -324,23 +339,44 @@ mod tests {
         let up = Up::start(args(dir.path())).await.unwrap();
         let agent = up.agent.as_ref().expect("the demo device started");
         assert!(agent.wait_connected(Duration::from_secs(10)).await);
-        let PasswordNote::Known { password, new: true, .. } = &up.password else { panic!("no new password") };
+        let PasswordNote::Known {
+            password,
+            new: true,
+            ..
+        } = &up.password
+        else {
+            panic!("no new password")
+        };
         let password = password.clone();
         let kept = std::fs::read_to_string(dir.path().join(PASSWORD_FILE)).unwrap();
         assert_eq!(kept, password);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(PASSWORD_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(PASSWORD_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // Enrolled like a real device: a certificate, not a token.
-        let device = up.running.ctx.store.devices().get(DEMO_DEVICE).await.unwrap().unwrap();
+        let device = up
+            .running
+            .ctx
+            .store
+            .devices()
+            .get(DEMO_DEVICE)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(device.credential.kind(), "certificate");
         let twin = up.running.ctx.twin.clone();
         let confirmed = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                match twin.send_command(DEMO_DEVICE, "led", json!(true), true).await {
+                match twin
+                    .send_command(DEMO_DEVICE, "led", json!(true), true)
+                    .await
+                {
                     Ok(result) => return result,
                     // Until its meta has arrived.
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -355,11 +391,32 @@ mod tests {
 
         // The second run reuses the enrollment and shows the same password.
         let up = Up::start(args(dir.path())).await.unwrap();
-        let PasswordNote::Known { password: again, new: false, .. } = &up.password else { panic!("password not kept") };
+        let PasswordNote::Known {
+            password: again,
+            new: false,
+            ..
+        } = &up.password
+        else {
+            panic!("password not kept")
+        };
         assert_eq!(*again, password);
-        let device = up.running.ctx.store.devices().get(DEMO_DEVICE).await.unwrap().unwrap();
+        let device = up
+            .running
+            .ctx
+            .store
+            .devices()
+            .get(DEMO_DEVICE)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(device.credential.kind(), "certificate");
-        assert!(up.agent.as_ref().unwrap().wait_connected(Duration::from_secs(10)).await);
+        assert!(
+            up.agent
+                .as_ref()
+                .unwrap()
+                .wait_connected(Duration::from_secs(10))
+                .await
+        );
         up.shutdown().await;
     }
 }

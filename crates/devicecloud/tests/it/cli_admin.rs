@@ -325,8 +325,22 @@ async fn rotate_and_remove_revoke_at_once_while_the_server_watches() {
         line.contains("online") && line.contains("token") && line.contains("s ago"),
         "{list}"
     );
+    server
+        .telemetry()
+        .insert_batch(&[store::Sample::new(
+            "kitchen",
+            "temperature",
+            store::now_ms() - 5_000,
+            21.5,
+        )])
+        .await
+        .unwrap();
     let show = cli.ok(&["device", "show", "kitchen"]);
     assert!(show.contains("token (MQTT user name kitchen)"), "{show}");
+    assert!(
+        show.contains("temperature = 21.5 (") && show.contains("s ago)"),
+        "{show}"
+    );
 
     let counter = server.change_counter().await.unwrap();
     let out = cli.ok(&["device", "remove", "kitchen"]);
@@ -483,4 +497,68 @@ async fn api_tokens_are_printed_once_and_revocable() {
     );
     let audit = cli.ok(&["audit"]);
     assert!(!audit.contains(&token), "{audit}");
+}
+
+#[tokio::test]
+async fn bundles_and_enrollment_lines_use_the_server_config() {
+    let cli = Cli::new();
+    std::fs::create_dir_all(cli.data()).unwrap();
+    std::fs::write(
+        cli.data().join("server.toml"),
+        "listeners = [\"mqtts://127.0.0.1:18883\", \"https://127.0.0.1:18443\", \"mqtt://127.0.0.1:11883\"]\n",
+    )
+    .unwrap();
+    cli.ok(&["device", "add", "a"]);
+    let bundle = Bundle::load(cli.cwd().join("a.bundle")).unwrap();
+    assert_eq!(
+        bundle.broker_urls,
+        ["mqtts://127.0.0.1:18883"],
+        "only TLS listeners go into bundles"
+    );
+    assert_eq!(bundle.api_url.as_deref(), Some("https://127.0.0.1:18443"));
+
+    std::fs::write(
+        cli.data().join("server.toml"),
+        "public_broker_urls = [\"mqtts://iot.example.com:8883\"]\npublic_api_url = \"https://iot.example.com\"\n",
+    )
+    .unwrap();
+    cli.ok(&["device", "add", "b"]);
+    let bundle = Bundle::load(cli.cwd().join("b.bundle")).unwrap();
+    assert_eq!(bundle.broker_urls, ["mqtts://iot.example.com:8883"]);
+    cli.ok(&[
+        "device",
+        "add",
+        "gw",
+        "--token",
+        "--grant-publish",
+        "devices/child/#",
+        "--grant-subscribe",
+        "devices/+/status",
+    ]);
+    let store = cli.store().await;
+    let gw = store.devices().require("gw").await.unwrap();
+    assert_eq!(gw.grants.publish, ["devices/child/#"]);
+    assert_eq!(gw.grants.subscribe, ["devices/+/status"]);
+    let err = cli.fails(&["device", "add", "bad", "--grant-subscribe", "a/#/b"]);
+    assert!(
+        err.contains("'a/#/b' is not a valid MQTT topic filter"),
+        "{err}"
+    );
+    assert!(store.devices().get("bad").await.unwrap().is_none());
+    assert!(
+        !cli.cwd().join("bad.bundle").exists(),
+        "nothing written for a refused device"
+    );
+    let out = cli.ok(&["device", "add", "c", "--enroll"]);
+    assert!(
+        out.starts_with("devicecloud agent enroll https://iot.example.com "),
+        "{out}"
+    );
+
+    std::fs::write(cli.data().join("server.toml"), "no_such_key = 1\n").unwrap();
+    let err = cli.fails(&["device", "list"]);
+    assert!(
+        err.contains("server.toml") && err.contains("no_such_key"),
+        "a broken config is reported: {err}"
+    );
 }

@@ -55,7 +55,28 @@ pub fn devicecloud_bin() -> PathBuf {
 fn build_devicecloud() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut child = std::process::Command::new(cargo)
+    let mut command = std::process::Command::new(cargo);
+    // The variables cargo/nextest set for *this test* must not leak into the nested build:
+    // a crate reading one of them would get a different fingerprint and be rebuilt.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_test = [
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_MANIFEST_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || name == "CARGO_TARGET_TMPDIR"
+            || name.starts_with("NEXTEST")
+            || name.starts_with("__NEXTEST");
+        if per_test {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let mut child = command
         .args(["build", "-p", "devicecloud", "--bin", "devicecloud"])
         .current_dir(workspace)
         .stdout(Stdio::null())

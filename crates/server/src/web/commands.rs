@@ -112,17 +112,23 @@ pub async fn get(
         .commands()
         .get(&id)
         .await
-        .map_err(|e| ApiError::internal("cannot read the command", e))?
-        .ok_or_else(|| ApiError::not_found(format!("no command '{id}'")))?;
-    Ok(Json(json!({
-        "id": record.id,
-        "device": record.device_id,
-        "name": record.name,
-        "value": record.value,
-        "status": record.status,
-        "error": record.error,
-        "actor": record.actor,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-    })))
+        .map_err(|e| ApiError::internal("cannot read the command", e))?;
+    // The twin knows the newest outcome first; the store has who sent it and when.
+    let recent = state.ctx.twin.command(&id);
+    let mut body = match (&record, &recent) {
+        (None, None) => return Err(ApiError::not_found(format!("no command '{id}'"))),
+        (Some(r), _) => json!({
+            "id": r.id, "device": r.device_id, "name": r.name, "value": r.value, "status": r.status,
+            "error": r.error, "actor": r.actor, "created_at": r.created_at, "updated_at": r.updated_at,
+        }),
+        (None, Some(c)) => {
+            json!({ "id": c.id, "device": c.device, "name": c.name, "value": c.value })
+        }
+    };
+    if let Some(c) = recent {
+        body["status"] = json!(c.status);
+        body["error"] = json!(c.error);
+        body["value"] = c.value;
+    }
+    Ok(Json(body))
 }

@@ -28,7 +28,11 @@ impl ResolvesServerCert for WithCa {
         }
         let mut chain = key.cert.clone();
         chain.push(self.ca.clone());
-        Some(Arc::new(CertifiedKey { cert: chain, key: key.key.clone(), ocsp: key.ocsp.clone() }))
+        Some(Arc::new(CertifiedKey {
+            cert: chain,
+            key: key.key.clone(),
+            ocsp: key.ocsp.clone(),
+        }))
     }
 }
 
@@ -41,7 +45,11 @@ pub struct WebTls {
 
 impl WebTls {
     pub fn new(tls: ReloadableTls, ca_der: &[u8]) -> WebTls {
-        WebTls { tls, ca: CertificateDer::from(ca_der.to_vec()), cached: Mutex::new(None) }
+        WebTls {
+            tls,
+            ca: CertificateDer::from(ca_der.to_vec()),
+            cached: Mutex::new(None),
+        }
     }
 
     pub fn acceptor(&self) -> TlsAcceptor {
@@ -53,7 +61,10 @@ impl WebTls {
             return acceptor.clone();
         }
         let mut config = (*base).clone();
-        config.cert_resolver = Arc::new(WithCa { inner: config.cert_resolver.clone(), ca: self.ca.clone() });
+        config.cert_resolver = Arc::new(WithCa {
+            inner: config.cert_resolver.clone(),
+            ca: self.ca.clone(),
+        });
         let acceptor = TlsAcceptor::from(Arc::new(config));
         *cached = Some((base, acceptor.clone()));
         acceptor

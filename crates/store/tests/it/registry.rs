@@ -355,3 +355,38 @@ fn default_data_dir_follows_the_environment_contract() {
         assert!(dir.ends_with("devicecloud"), "{}", dir.display());
     }
 }
+
+/// The CLI changes the registry while the server writes telemetry: writers wait for each
+/// other (busy timeout) instead of failing with "database is locked".
+#[tokio::test]
+async fn concurrent_writers_from_two_handles_wait_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Store::open_data_dir(dir.path()).await.unwrap();
+    let cli = Store::open_data_dir(dir.path()).await.unwrap();
+    let ingest = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut total = 0;
+            for batch in 0..20i64 {
+                let samples: Vec<store::Sample> = (0..2_000)
+                    .map(|i| store::Sample::new("d0", "t", batch * 10_000 + i, i as f64))
+                    .collect();
+                total += server.telemetry().insert_batch(&samples).await.unwrap();
+            }
+            total
+        })
+    };
+    for i in 0..20 {
+        let id = format!("d{i}");
+        cli.devices()
+            .add(&id, &cert(i as u8), &Grants::default())
+            .await
+            .unwrap();
+        cli.audit()
+            .append("cli:test", "device.add", &id, "")
+            .await
+            .unwrap();
+    }
+    assert_eq!(ingest.await.unwrap(), 40_000);
+    assert_eq!(server.devices().list().await.unwrap().len(), 20);
+}

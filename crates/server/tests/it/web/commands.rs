@@ -48,15 +48,13 @@ async fn a_confirmed_command_answers_200_with_the_reported_value() {
     assert_eq!(detail["reported"]["led"]["value"], json!(true), "{detail}");
     assert_eq!(detail["desired"]["led"]["command_id"], json!(id));
     assert_eq!(detail["desired"]["led"]["status"], json!("confirmed"));
-    // The store has the outcome too (recorded right after the answer).
+    // The store has the outcome too (recorded right after the answer, off the command path).
     let ok = harness::eventually(harness::WAIT, async || {
-        web.get(&format!("/api/v1/commands/{id}"), &operator)
-            .await
-            .1["status"]
-            == "confirmed"
+        let record = web.server.ctx.store.commands().get(&id).await.unwrap();
+        record.is_some_and(|r| r.status == store::CommandStatus::Confirmed)
     })
     .await;
-    assert!(ok);
+    assert!(ok, "the store never recorded the outcome");
     let (_, command) = web.get(&format!("/api/v1/commands/{id}"), &operator).await;
     assert_eq!(
         (

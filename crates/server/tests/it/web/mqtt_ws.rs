@@ -142,3 +142,51 @@ async fn mqtt_over_websocket_needs_credentials_and_the_subprotocol() {
         .unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
 }
+
+#[tokio::test]
+async fn the_dashboard_session_cookie_authorises_mqtt_over_websocket() {
+    let web = Web::start().await;
+    crate::harness::add_user(
+        &web.server,
+        "dana",
+        Role::Operator,
+        "a long enough password",
+    )
+    .await;
+    let (cookie, _csrf) = web.login("dana", "a long enough password").await;
+    let mut request = "wss://localhost/mqtt".into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", HeaderValue::from_str(&cookie).unwrap());
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+    let (ws, _) = tokio_tungstenite::client_async(request, tls_stream(&web).await)
+        .await
+        .unwrap();
+    let options = client::ClientOptions::new("mqtt://unused:1", "dash-dana");
+    let (client, _events) = tokio::time::timeout(
+        WAIT,
+        client::connect_stream(broker::ws::WsStream::new(ws), &options),
+    )
+    .await
+    .expect("CONNACK in time")
+    .expect("connected");
+    // An operator may command but not read the broker's internals.
+    client
+        .publish(
+            "devices/x/set/led",
+            "{\"value\":true}",
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await
+        .expect("operator publish");
+    assert!(
+        client
+            .subscribe("#", QoS::AtMostOnce)
+            .await
+            .unwrap()
+            .is_error()
+    );
+}
