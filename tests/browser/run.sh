@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 ARTIFACTS=$ROOT/artifacts/browser
 # DEVICECLOUD_BIN: test another build (e.g. target/release/devicecloud) instead of building the debug one.
-BIN=${DEVICECLOUD_BIN:-$ROOT/target/debug/devicecloud}
+BIN=${DEVICECLOUD_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/devicecloud}
 
 die() { echo "browser test: $*" >&2; exit 1; }
 

@@ -72,8 +72,9 @@ fn run() -> anyhow::Result<ExitCode> {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("DEVICECLOUD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls warns about every client that connects by IP address (no SNI); that is normal here.
+    let filter = EnvFilter::try_from_env("DEVICECLOUD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
