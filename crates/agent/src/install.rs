@@ -8,6 +8,8 @@ use crate::config::AgentConfig;
 pub const UNIT_PATH: &str = "etc/systemd/system/devicecloud-agent.service";
 pub const CONFIG_PATH: &str = "etc/devicecloud/agent.toml";
 pub const BUNDLE_PATH: &str = "etc/devicecloud/device.bundle";
+/// The unit's `StateDirectory`.
+pub const STATE_DIR: &str = "/var/lib/devicecloud-agent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -110,9 +112,11 @@ pub fn install(prefix: &Path, config: &Path, binary: &Path) -> Result<Installed,
             source,
         })?;
         write(&dest, &bytes, 0o600)?;
-        text = point_bundle_at(&text, &Path::new("/").join(BUNDLE_PATH));
+        text = set_top_level(&text, "bundle", &Path::new("/").join(BUNDLE_PATH));
         bundle = Some(dest);
     }
+    // The unit's StateDirectory is the only writable place under ProtectSystem=strict.
+    text = set_top_level(&text, "data_dir", Path::new(STATE_DIR));
     let config_dest = prefix.join(CONFIG_PATH);
     write(&config_dest, text.as_bytes(), 0o640)?;
     let unit = prefix.join(UNIT_PATH);
@@ -153,26 +157,33 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     })
 }
 
-/// Replaces the top-level `bundle = "..."` line.
-fn point_bundle_at(text: &str, bundle: &Path) -> String {
+/// Sets the top-level `key = "value"` line, replacing it or adding it at the top.
+fn set_top_level(text: &str, key: &str, value: &Path) -> String {
+    let assignment = format!("{key} = {:?}\n", value.display().to_string());
     let mut in_table = false;
-    let mut out = String::with_capacity(text.len());
+    let mut found = false;
+    let mut out = String::with_capacity(text.len() + assignment.len());
     for line in text.lines() {
         let t = line.trim_start();
         if t.starts_with('[') {
             in_table = true;
         }
         if !in_table
-            && t.strip_prefix("bundle")
+            && t.strip_prefix(key)
                 .is_some_and(|r| r.trim_start().starts_with('='))
         {
-            out.push_str(&format!("bundle = {:?}\n", bundle.display().to_string()));
+            out.push_str(&assignment);
+            found = true;
         } else {
             out.push_str(line);
             out.push('\n');
         }
     }
-    out
+    if found {
+        out
+    } else {
+        format!("{assignment}{out}")
+    }
 }
 
 #[cfg(test)]
@@ -225,7 +236,7 @@ mod tests {
         }
         let installed = std::fs::read_to_string(&done.config).unwrap();
         assert!(
-            installed.starts_with("bundle = \"/etc/devicecloud/device.bundle\"\n"),
+            installed.starts_with("data_dir = \"/var/lib/devicecloud-agent\"\nbundle = \"/etc/devicecloud/device.bundle\"\n"),
             "{installed}"
         );
         assert!(installed.contains("name = \"led\""));
