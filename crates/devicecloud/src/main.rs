@@ -53,9 +53,16 @@ fn run() -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The agent is one connection and a handful of timers: a single-threaded runtime keeps it to
+    // one thread (plus short-lived blocking threads for file I/O) instead of a worker per core,
+    // which matters on small devices. `up` still runs the agent in-process on the server's
+    // multi-threaded runtime.
+    let mut builder = if matches!(cli.command, Command::Agent(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Broker(args) => cmd::broker::run(args).await,

@@ -3,4 +3,5 @@
 mod support;
 
 mod broker;
+mod server_cli;
 mod tls_reload;

@@ -160,7 +160,17 @@ impl Proc {
     }
 
     pub async fn expect(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
+        self.expect_within(what, DEADLINE, pred).await
+    }
+
+    /// Like `expect`, with a deadline of `within` from now (for "happens within N seconds").
+    pub async fn expect_within(
+        &mut self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
                 Ok(Some(line)) => {
@@ -175,7 +185,7 @@ impl Proc {
                     self.transcript.join("\n")
                 ),
                 Err(_) => panic!(
-                    "{}: no {what} within {DEADLINE:?}; output:\n{}",
+                    "{}: no {what} within {within:?}; output:\n{}",
                     self.name,
                     self.transcript.join("\n")
                 ),
