@@ -99,7 +99,19 @@ impl Sensor {
                 SystemMetric::MemUsedPct => mem_used_pct(proc),
                 SystemMetric::DiskUsedPct => disk_used_pct(path),
             },
-            Source::Ds18b20 { devices, device } => ds18b20(devices, device.as_deref()),
+            Source::Ds18b20 { devices, device } => {
+                // The 1-Wire driver blocks the read for a whole conversion (~750 ms); the agent
+                // runs on a single-threaded runtime, so it must not wait on its only thread.
+                let (dir, device) = (devices.clone(), device.clone());
+                tokio::task::spawn_blocking(move || ds18b20(&dir, device.as_deref()))
+                    .await
+                    .unwrap_or_else(|join| {
+                        Err(SensorError::Read {
+                            path: devices.clone(),
+                            source: std::io::Error::other(join.to_string()),
+                        })
+                    })
+            }
             Source::Command {
                 command,
                 args,
