@@ -371,20 +371,28 @@ mod tests {
             .unwrap();
         assert_eq!(device.credential.kind(), "certificate");
         let twin = up.running.ctx.twin.clone();
+        let mut live = twin.subscribe();
         let confirmed = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match twin
-                    .send_command(DEMO_DEVICE, "led", json!(true), true)
-                    .await
-                {
-                    Ok(result) => return result,
-                    // Until its meta has arrived.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            // A command is accepted once the twin knows the device is online and has an `led`.
+            let ready = |state: Option<server::twin::DeviceState>| {
+                state.is_some_and(|s| {
+                    s.online
+                        && s.meta
+                            .is_some_and(|m| m.outputs.iter().any(|o| o.name == "led"))
+                })
+            };
+            while !ready(twin.device(DEMO_DEVICE)) {
+                // Lagging only means events were skipped; the loop re-reads the state.
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = live.recv().await {
+                    panic!("the twin's live stream closed");
                 }
             }
+            twin.send_command(DEMO_DEVICE, "led", json!(true), true)
+                .await
+                .expect("the device confirms the LED")
         })
         .await
-        .expect("the LED toggles");
+        .expect("the LED toggles within 10 s");
         assert_eq!(confirmed.value, json!(true));
         assert_eq!(agent.sim().unwrap().level("led"), Some(true));
         up.shutdown().await;
