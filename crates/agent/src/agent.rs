@@ -377,10 +377,9 @@ async fn status_loop(
     outbox: Outbox,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut stopping = false;
-    loop {
+    let refresh = |status: &mut AgentStatus, link_state: LinkState| {
         status.updated_ms = now_ms();
-        status.link = link.borrow().clone();
+        status.link = link_state;
         status.services = services
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -392,6 +391,10 @@ async fn status_loop(
             dropped: outbox.dropped(),
             refused_full: outbox.rejected(),
         };
+    };
+    let mut stopping = false;
+    loop {
+        refresh(&mut status, link.borrow().clone());
         if let Err(err) = status.write(&data_dir) {
             tracing::warn!(%err, "cannot write the status file");
         }
@@ -411,14 +414,7 @@ async fn status_loop(
                 link.wait_for(|l| *l == LinkState::Stopped),
             )
             .await;
-            status.link = LinkState::Stopped;
-            status.updated_ms = now_ms();
-            status.services = services
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            refresh(&mut status, LinkState::Stopped);
             let _ = status.write(&data_dir);
             return;
         }

@@ -166,27 +166,23 @@ impl Publication {
     /// A copy sharing topic and payload but with its own journal id: for re-sending a
     /// long-lived message (a retained one) whose journal record may have been dropped since.
     pub fn fresh(&self) -> Publication {
-        Publication {
-            topic: self.topic.clone(),
-            payload: self.payload.clone(),
-            qos: self.qos,
-            retain: self.retain,
-            props: self.props.clone(),
-            expires_at: self.expires_at,
-            origin: self.origin,
-            store_id: OnceLock::new(),
-            topic_arc: OnceLock::new(),
-            fanout: AtomicBool::new(false),
-            frames: OnceLock::new(),
-        }
+        self.with_body(self.topic.clone(), self.payload.clone())
     }
 
     /// Copies topic and payload out of the (possibly much larger) receive buffer they point
     /// into, for messages kept long-term (retained, persisted) so they don't pin that buffer.
     pub fn detached(&self) -> Publication {
+        self.with_body(
+            ByteStr::from(self.topic.as_str()),
+            Bytes::copy_from_slice(&self.payload),
+        )
+    }
+
+    /// The same message with the given topic and payload, and none of the per-copy caches.
+    fn with_body(&self, topic: ByteStr, payload: Bytes) -> Publication {
         Publication {
-            topic: ByteStr::from(self.topic.as_str()),
-            payload: Bytes::copy_from_slice(&self.payload),
+            topic,
+            payload,
             qos: self.qos,
             retain: self.retain,
             props: self.props.clone(),

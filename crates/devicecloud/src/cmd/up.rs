@@ -325,6 +325,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    async fn demo_credential(up: &Up) -> String {
+        let device = up.running.ctx.store.devices().get(DEMO_DEVICE).await;
+        device
+            .unwrap()
+            .expect("demo is registered")
+            .credential
+            .kind()
+            .to_string()
+    }
+
     fn args(dir: &Path) -> Args {
         Args {
             data: Some(dir.to_path_buf()),
@@ -360,16 +370,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         // Enrolled like a real device: a certificate, not a token.
-        let device = up
-            .running
-            .ctx
-            .store
-            .devices()
-            .get(DEMO_DEVICE)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(device.credential.kind(), "certificate");
+        assert_eq!(demo_credential(&up).await, "certificate");
         let twin = up.running.ctx.twin.clone();
         let mut live = twin.subscribe();
         let confirmed = tokio::time::timeout(Duration::from_secs(10), async {
@@ -408,16 +409,7 @@ mod tests {
             panic!("password not kept")
         };
         assert_eq!(*again, password);
-        let device = up
-            .running
-            .ctx
-            .store
-            .devices()
-            .get(DEMO_DEVICE)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(device.credential.kind(), "certificate");
+        assert_eq!(demo_credential(&up).await, "certificate");
         assert!(
             up.agent
                 .as_ref()
