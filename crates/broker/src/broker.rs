@@ -20,10 +20,59 @@ use crate::{
     local::LocalClient,
     message::Publication,
     persist::{Journal, PersistError, Record},
+    retained::RetainQuota,
     router::Router,
     session::{ConnLink, Inflight, Outgoing, Session, Stage},
+    shared::FilterSpec,
     stats::{Counters, Stats},
 };
+
+/// The session table: client id -> session, with how many sessions each principal owns
+/// (for `max_sessions_per_principal`), kept in step by `insert` and `remove`.
+#[derive(Debug, Default)]
+pub(crate) struct SessionTable {
+    pub map: HashMap<Arc<str>, Arc<Session>>,
+    owned: HashMap<Arc<str>, usize>,
+}
+
+impl SessionTable {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn owned_by(&self, principal: &str) -> usize {
+        self.owned.get(principal).copied().unwrap_or(0)
+    }
+
+    /// Adds `session` under `client` (its owner is read from its state), replacing and
+    /// returning any session there.
+    pub fn insert(&mut self, client: Arc<str>, session: Arc<Session>) -> Option<Arc<Session>> {
+        if let Some(owner) = session.lock().owner.clone() {
+            *self.owned.entry(owner).or_default() += 1;
+        }
+        let old = self.map.insert(client, session)?;
+        self.forget_owner(&old);
+        Some(old)
+    }
+
+    pub fn remove(&mut self, client: &str) -> Option<Arc<Session>> {
+        let old = self.map.remove(client)?;
+        self.forget_owner(&old);
+        Some(old)
+    }
+
+    fn forget_owner(&mut self, session: &Session) {
+        let Some(owner) = session.lock().owner.clone() else {
+            return;
+        };
+        if let Some(n) = self.owned.get_mut(&owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.owned.remove(&owner);
+            }
+        }
+    }
+}
 
 /// Broker configuration.
 #[derive(Debug, Clone)]
@@ -64,8 +113,26 @@ pub struct Limits {
     pub max_keepalive: u16,
     /// Topic aliases a v5 client may use towards the broker.
     pub topic_alias_maximum: u16,
-    /// Cap on a session's expiry interval, seconds.
+    /// Cap on a session's expiry interval, seconds. Applies to MQTT 3.1/3.1.1 persistent
+    /// sessions (`clean session = 0`, which the spec lets live forever) as well.
     pub max_session_expiry: u32,
+    /// Levels (`/`-separated) in a topic name or filter; more are refused (v5 PUBACK or
+    /// DISCONNECT 0x90 / SUBACK 0x8F, v3 close / SUBACK 0x80).
+    pub max_topic_levels: usize,
+    /// Bytes in a topic name or filter (including a `$share/{group}/` prefix); refused like
+    /// `max_topic_levels`.
+    pub max_topic_length: usize,
+    /// Sessions (connected or persisted) one principal may hold; a CONNECT that would
+    /// create one more is refused (v5 CONNACK 0x97, v3 "server unavailable").
+    pub max_sessions_per_principal: usize,
+    /// Retained messages one principal may have stored; a retained PUBLISH beyond it is
+    /// refused (v5 PUBACK 0x97, v3 dropped and counted).
+    pub max_retained_per_principal: usize,
+    /// Bytes (topic + payload) of one principal's retained messages; refused likewise.
+    pub max_retained_bytes_per_principal: usize,
+    /// Largest CONNECT packet, checked before the authenticator runs (the larger
+    /// `max_packet_size` applies only once the client is authenticated).
+    pub max_connect_size: u32,
 }
 
 impl Default for Limits {
@@ -79,6 +146,18 @@ impl Default for Limits {
             max_keepalive: 3600,
             topic_alias_maximum: 64,
             max_session_expiry: 30 * 24 * 3600,
+            // devicecloud's own topics have at most 6 levels; AWS IoT allows 8. 32 leaves
+            // room for any sane naming and bounds every walk over levels.
+            max_topic_levels: 32,
+            max_topic_length: 1024,
+            // A device needs 1, a user a few (browser tabs, scripts).
+            max_sessions_per_principal: 16,
+            // 1,000 principals at the byte cap hold 256 MiB.
+            max_retained_per_principal: 100,
+            max_retained_bytes_per_principal: 256 * 1024,
+            // User name, password (a token or certificate-sized secret), will and
+            // properties fit easily.
+            max_connect_size: 64 * 1024,
         }
     }
 }
@@ -133,7 +212,7 @@ pub(crate) struct Inner {
     pub router: Router,
     pub counters: Arc<Counters>,
     pub journal: Option<Arc<Journal>>,
-    pub sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    pub sessions: Mutex<SessionTable>,
     next_id: AtomicU64,
     /// Network connections being served (including ones still in CONNECT).
     pub connections: AtomicUsize,
@@ -164,6 +243,10 @@ impl Broker {
             counters.clone(),
             journal.clone(),
             config.limits.max_queued_messages,
+            RetainQuota {
+                max_count: config.limits.max_retained_per_principal,
+                max_bytes: config.limits.max_retained_bytes_per_principal,
+            },
         );
         let inner = Arc::new(Inner {
             config,
@@ -171,7 +254,7 @@ impl Broker {
             router,
             counters,
             journal,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(SessionTable::default()),
             next_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -253,7 +336,7 @@ impl Inner {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn lock_sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+    pub fn lock_sessions(&self) -> MutexGuard<'_, SessionTable> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -266,7 +349,7 @@ impl Inner {
 
     /// Tells every connection whose principal satisfies `pred` to disconnect with `reason`.
     pub fn kick_where(&self, reason: ReasonCode, pred: impl Fn(&str) -> bool) -> usize {
-        let sessions: Vec<Arc<Session>> = self.lock_sessions().values().cloned().collect();
+        let sessions: Vec<Arc<Session>> = self.lock_sessions().map.values().cloned().collect();
         let mut n = 0;
         for s in sessions {
             let mut st = s.lock();
@@ -282,14 +365,16 @@ impl Inner {
     }
 
     fn restore(self: &Arc<Self>, loaded: crate::persist::Loaded) {
-        for msg in loaded.retained {
-            self.router.restore_retained(msg);
+        for (msg, owner) in loaded.retained {
+            self.router.restore_retained(msg, owner);
         }
         for (client, ls) in loaded.sessions {
             let session = Arc::new(Session::new(self.next_id(), client.clone()));
             {
                 let mut st = session.lock();
-                st.expiry = ls.expiry;
+                // Journals from before v3 sessions were capped hold "never expires".
+                st.expiry = ls.expiry.min(self.config.limits.max_session_expiry);
+                st.owner = ls.owner;
                 st.persistent = true;
                 st.inbound_qos2 = ls.inbound_qos2;
                 for e in ls.entries {
@@ -357,6 +442,7 @@ impl Inner {
                 }
             }
             if map
+                .map
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, session))
             {
@@ -367,23 +453,65 @@ impl Inner {
         self.end_session_detached(session);
     }
 
-    /// Connects `client_id` to its session (resuming or creating it), taking it over from
-    /// any connection that holds it. Returns the session and whether it was resumed.
+    /// Connects `client_id` to its session (resuming or creating it) for `identity`, taking
+    /// it over from any connection that holds it. Returns the session and whether it was
+    /// resumed.
+    ///
+    /// One owner per session: a session belongs to the principal that created it. Another
+    /// principal can neither take it over, resume it nor discard it with a clean start
+    /// (refused with 0x85 "client identifier not valid"). A session recovered from a journal
+    /// that predates owners is never resumed: the first CONNECT for its client id discards
+    /// it and starts afresh, as with a clean start. A resumed session's subscriptions are
+    /// checked against the principal's current permissions (see `revoke_denied`).
     pub fn attach(
         self: &Arc<Self>,
         client_id: &Arc<str>,
         clean_start: bool,
         expiry: u32,
         link: ConnLink,
-    ) -> (Arc<Session>, bool) {
+        identity: &Identity,
+    ) -> Result<(Arc<Session>, bool), (ReasonCode, String)> {
         let persistent = self.journal.is_some() && expiry > 0;
         let generation = link.generation;
+        let principal = link.principal.clone();
         let mut link = Some(link);
         let mut map = self.lock_sessions();
-        let existing = map.get(client_id).cloned();
+        let existing = map.map.get(client_id).cloned();
+        let existing_owner = existing.as_ref().map(|s| s.lock().owner.clone());
+        let mine = match &existing_owner {
+            Some(Some(owner)) if *owner != principal => {
+                drop(map);
+                Counters::add(&self.counters.client_id_refused, 1);
+                return Err((
+                    ReasonCode::ClientIdentifierNotValid,
+                    format!(
+                        "client id '{client_id}' is in use by another principal; connect with a different client id"
+                    ),
+                ));
+            }
+            Some(Some(_)) => true,
+            // A legacy session without an owner: discarded below.
+            Some(None) => false,
+            None => false,
+        };
+        if !(mine && !clean_start) {
+            // A new session for this principal (replacing its own counts as none).
+            let held = map.owned_by(&principal) - usize::from(mine);
+            let max = self.config.limits.max_sessions_per_principal;
+            if held >= max {
+                drop(map);
+                Counters::add(&self.counters.session_limit_exceeded, 1);
+                return Err((
+                    ReasonCode::QuotaExceeded,
+                    format!(
+                        "{principal} already holds {held} sessions, the limit (max_sessions_per_principal) is {max}; reuse a client id or let old sessions expire"
+                    ),
+                ));
+            }
+        }
         let mut ended = None;
         let resumed = match existing {
-            Some(s) if !clean_start => {
+            Some(s) if mine && !clean_start => {
                 let mut st = s.lock();
                 if let Some(old) = &st.conn {
                     old.signal.notify_one();
@@ -401,10 +529,7 @@ impl Inner {
                         client: client_id.clone(),
                     });
                 } else if persistent && (!st.persistent || st.expiry != expiry) {
-                    self.journal_append(Record::Session {
-                        client: client_id.clone(),
-                        expiry,
-                    });
+                    self.journal_session(client_id, expiry, &principal);
                     if !st.persistent {
                         for (filter, rec) in &st.subs {
                             self.journal_append(Record::Sub {
@@ -429,6 +554,9 @@ impl Inner {
                     }
                     old.online.store(false, Ordering::Relaxed);
                 }
+                if !mine {
+                    tracing::info!(client = %client_id, principal = %principal, "discarding a recovered session without a recorded owner");
+                }
                 ended = Some(old);
                 None
             }
@@ -437,7 +565,8 @@ impl Inner {
         let session = match resumed {
             Some(s) => {
                 drop(map);
-                return (s, true);
+                self.revoke_denied(&s, identity);
+                return Ok((s, true));
             }
             None => {
                 let s = Arc::new(Session::new(self.next_id(), client_id.clone()));
@@ -447,6 +576,7 @@ impl Inner {
                     st.conn = link.take();
                     st.expiry = expiry;
                     st.persistent = persistent;
+                    st.owner = Some(principal.clone());
                 }
                 s.online.store(true, Ordering::Relaxed);
                 map.insert(client_id.clone(), s.clone());
@@ -459,12 +589,88 @@ impl Inner {
             self.end_session_detached(&old);
         }
         if persistent {
-            self.journal_append(Record::Session {
-                client: client_id.clone(),
-                expiry,
+            self.journal_session(client_id, expiry, &principal);
+        }
+        Ok((session, false))
+    }
+
+    /// Journals a persistent session's expiry and owner.
+    fn journal_session(&self, client: &Arc<str>, expiry: u32, owner: &Arc<str>) {
+        self.journal_append(Record::Session {
+            client: client.clone(),
+            expiry,
+        });
+        self.journal_append(Record::Owner {
+            client: client.clone(),
+            principal: owner.clone(),
+        });
+    }
+
+    /// Removes the subscriptions of a resumed session that `identity` may no longer hold
+    /// (its permissions changed since they were made, possibly before a restart), and the
+    /// queued or in-flight messages it may no longer read.
+    fn revoke_denied(&self, session: &Arc<Session>, identity: &Identity) {
+        let permissions = &identity.permissions;
+        let denied: Vec<String> = {
+            let mut st = session.lock();
+            let denied: Vec<String> = st
+                .subs
+                .keys()
+                .filter(|raw| !permissions.may_subscribe(FilterSpec::parse(raw).filter))
+                .cloned()
+                .collect();
+            for raw in &denied {
+                st.subs.remove(raw);
+                if st.persistent {
+                    self.journal_append(Record::Unsub {
+                        client: session.client_id.clone(),
+                        filter: raw.clone(),
+                    });
+                }
+            }
+            denied
+        };
+        if denied.is_empty() {
+            return;
+        }
+        Counters::add(&self.counters.subscriptions_revoked, denied.len() as u64);
+        tracing::info!(client = %session.client_id, principal = %identity.principal, filters = ?denied, "removed restored subscriptions the principal may no longer hold");
+        self.router.unsubscribe_all(session, denied.iter());
+        // After the unsubscribe, so nothing routed through a removed filter stays behind.
+        let mut st = session.lock();
+        let mut done = Vec::new();
+        st.queue.retain(|out| {
+            let keep = permissions.may_subscribe(&out.msg.topic);
+            if !keep && out.entry_id != 0 {
+                done.push(out.entry_id);
+            }
+            keep
+        });
+        st.inflight.retain(|i| {
+            let keep = permissions.may_subscribe(&i.out.msg.topic);
+            if !keep && i.out.entry_id != 0 {
+                done.push(i.out.entry_id);
+            }
+            keep
+        });
+        for entry in done {
+            self.journal_append(Record::Done {
+                client: session.client_id.clone(),
+                entry,
             });
         }
-        (session, false)
+    }
+
+    /// Checks a topic name or filter against `max_topic_levels` and `max_topic_length`
+    /// (counted in `topic_limit_exceeded` when refused).
+    pub fn check_topic_limits(&self, topic: &str) -> Result<(), String> {
+        let limits = &self.config.limits;
+        codec::topic::check_limits(topic, limits.max_topic_levels, limits.max_topic_length).map_err(
+            |e| {
+                Counters::add(&self.counters.topic_limit_exceeded, 1);
+                e.to_string()
+            },
+        )
     }
 
     /// Like [`Inner::end_session`] for a session already replaced in the table.

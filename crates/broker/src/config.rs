@@ -15,6 +15,12 @@
 //! [limits]
 //! max_connections = 10000
 //! max_packet_size = 1048576
+//! max_topic_levels = 32
+//! max_topic_length = 1024
+//! max_sessions_per_principal = 16
+//! max_retained_per_principal = 100
+//! max_retained_bytes_per_principal = 262144
+//! max_connect_size = 65536
 //! ```
 
 use std::{
@@ -59,6 +65,12 @@ pub struct LimitsConfig {
     pub topic_alias_maximum: Option<u16>,
     pub max_session_expiry: Option<u32>,
     pub sys_interval_secs: Option<u64>,
+    pub max_topic_levels: Option<usize>,
+    pub max_topic_length: Option<usize>,
+    pub max_sessions_per_principal: Option<usize>,
+    pub max_retained_per_principal: Option<usize>,
+    pub max_retained_bytes_per_principal: Option<usize>,
+    pub max_connect_size: Option<u32>,
 }
 
 fn listen_urls<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ListenUrl>, D::Error> {
@@ -209,6 +221,9 @@ data = "/var/lib/b"
 max_connections = 5
 max_packet_size = 1024
 connect_timeout_secs = 3
+max_topic_levels = 8
+max_sessions_per_principal = 2
+max_connect_size = 4096
 "#,
         )
         .unwrap();
@@ -216,6 +231,9 @@ connect_timeout_secs = 3
         assert_eq!(config.listen[1].path, "/mqtt");
         assert_eq!(config.limits.max_connections, Some(5));
         assert_eq!(config.limits.connect_timeout_secs, Some(3));
+        assert_eq!(config.limits.max_topic_levels, Some(8));
+        assert_eq!(config.limits.max_sessions_per_principal, Some(2));
+        assert_eq!(config.limits.max_connect_size, Some(4096));
         assert_eq!(config.require_client_cert, Some(false));
         assert_eq!(
             BrokerFileConfig::parse(Path::new("e.toml"), "").unwrap(),

@@ -175,8 +175,16 @@ async fn read_connect<S: AsyncRead + Unpin>(
     rbuf: &mut BytesMut,
     deadline: Instant,
 ) -> Result<Option<Box<Connect>>, DecodeError> {
+    let limits = &inner.config.limits;
+    // Before authentication only a CONNECT-sized packet is buffered.
+    let max = limits.max_connect_size.min(limits.max_packet_size);
     loop {
-        match codec::decode(rbuf, None, inner.config.limits.max_packet_size)? {
+        let decoded = codec::decode(rbuf, None, max).inspect_err(|e| {
+            if matches!(e, DecodeError::PacketTooLarge { .. }) {
+                Counters::add(&inner.counters.connect_too_large, 1);
+            }
+        })?;
+        match decoded {
             Some(Packet::Connect(c)) => return Ok(Some(c)),
             Some(_) => {
                 return Err(DecodeError::Protocol(
@@ -296,6 +304,13 @@ async fn accept(
             "MQTT 3.1 client ids are at most 23 characters".into(),
         ));
     }
+    let auth_deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+    let too_slow = || {
+        (
+            ReasonCode::ServerUnavailable,
+            "authentication did not finish in time".to_string(),
+        )
+    };
     let identity = match &info.preauthenticated {
         Some(id) => id.clone(),
         None => {
@@ -307,24 +322,35 @@ async fn accept(
                 transport: info.transport,
                 client_cert: info.client_cert.as_ref(),
             };
-            let auth_deadline = deadline.max(Instant::now() + Duration::from_secs(1));
             match timeout_at(auth_deadline, inner.auth.authenticate(req)).await {
                 Ok(Ok(id)) => id,
                 Ok(Err(e)) => return Err((auth_reason(&e), e.to_string())),
-                Err(_) => {
-                    return Err((
-                        ReasonCode::ServerUnavailable,
-                        "authentication did not finish in time".into(),
-                    ));
-                }
+                Err(_) => return Err(too_slow()),
             }
         }
     };
+    // Every entry point, pre-authenticated ones included, passes the client-id rule.
+    let authorized = inner.auth.authorize_client_id(&identity, &c.client_id);
+    match timeout_at(auth_deadline, authorized).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            if matches!(e, AuthError::ClientIdNotValid(_)) {
+                Counters::add(&inner.counters.client_id_refused, 1);
+            }
+            return Err((auth_reason(&e), e.to_string()));
+        }
+        Err(_) => return Err(too_slow()),
+    }
     if over_limit {
         return Err((
             ReasonCode::QuotaExceeded,
             format!("connection limit of {} reached", limits.max_connections),
         ));
+    }
+    if let Some(w) = &c.will
+        && let Err(text) = inner.check_topic_limits(&w.topic)
+    {
+        return Err((ReasonCode::TopicNameInvalid, format!("will topic: {text}")));
     }
     if let Some(w) = &c.will
         && (!identity.permissions.may_publish(&w.topic) || reserved_topic(&w.topic))
@@ -334,7 +360,8 @@ async fn accept(
             format!("not allowed to publish the will to '{}'", w.topic),
         ));
     }
-    // Session expiry: v3 clean session = 0 never expires (the spec has no expiry there).
+    // Session expiry: v3 `clean session = 0` has none in the spec ("forever"); it is capped
+    // at `max_session_expiry` like v5, so abandoned client ids do not pile up for good.
     let requested = if v5 {
         c.properties.session_expiry_interval.unwrap_or(0)
     } else if c.clean_start {
@@ -342,11 +369,7 @@ async fn accept(
     } else {
         u32::MAX
     };
-    let expiry = if v5 {
-        requested.min(limits.max_session_expiry)
-    } else {
-        requested
-    };
+    let expiry = requested.min(limits.max_session_expiry);
     let mut keep_alive = c.keep_alive;
     let mut server_keep_alive = None;
     if v5 && (keep_alive == 0 || keep_alive > limits.max_keepalive) && limits.max_keepalive > 0 {
@@ -362,7 +385,8 @@ async fn accept(
         principal: Arc::from(identity.principal.as_str()),
         kick: None,
     };
-    let (session, session_present) = inner.attach(&client_id, c.clean_start, expiry, link);
+    let (session, session_present) =
+        inner.attach(&client_id, c.clean_start, expiry, link, &identity)?;
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
     session.lock().send_quota = client_receive_max.min(limits.receive_maximum).max(1);
     let mut ack = ConnAck::new(ReasonCode::Success, session_present);
@@ -669,6 +693,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             );
         }
         let pid = p.packet_id.unwrap_or(0);
+        if let Err(text) = self.inner.check_topic_limits(&p.topic) {
+            // v5 can refuse one message; QoS 0 has no ack, and v3 neither: close (like
+            // any invalid topic name).
+            if self.v5() && p.qos != QoS::AtMostOnce {
+                return self.ack_publish(p.qos, pid, ReasonCode::TopicNameInvalid, 0);
+            }
+            return self.fail(ReasonCode::TopicNameInvalid, text);
+        }
         if p.qos != QoS::AtMostOnce {
             let in_flight = self.session.lock().inbound_qos2.len() + self.pending_acks.len();
             if in_flight >= usize::from(self.inner.config.limits.receive_maximum) {
@@ -696,6 +728,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return self.ack_publish(p.qos, pid, ReasonCode::Success, 0);
         }
         let qos = p.qos;
+        // A retained message counts against its publisher's retained quota.
+        let owner: Option<Arc<str>> = p
+            .retain
+            .then(|| Arc::from(self.identity.principal.as_str()));
         let msg = Publication::new(
             p.topic,
             p.payload,
@@ -704,7 +740,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             p.properties,
             self.session.id,
         );
-        let mut seq = self.inner.router.publish(Arc::new(msg));
+        let mut seq = match self.inner.router.publish_as(Arc::new(msg), owner.as_ref()) {
+            Ok(seq) => seq,
+            Err(refused) => {
+                tracing::debug!(client = %self.client_id, "{refused}");
+                // v3 has no negative acks: dropped (and counted), acknowledged as usual.
+                if self.v5() && qos != QoS::AtMostOnce {
+                    return self.ack_publish(qos, pid, ReasonCode::QuotaExceeded, 0);
+                }
+                if qos == QoS::ExactlyOnce {
+                    self.session.lock().inbound_qos2.push(pid);
+                }
+                return self.ack_publish(qos, pid, ReasonCode::Success, 0);
+            }
+        };
         if qos == QoS::ExactlyOnce {
             let persistent = {
                 let mut st = self.session.lock();
@@ -886,6 +935,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     ReasonCode::ProtocolError,
                     "No Local on a shared subscription (MQTT-3.8.3-4)",
                 );
+            }
+            if self.inner.check_topic_limits(&sub.filter).is_err() {
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
             }
             if !self.identity.permissions.may_subscribe(spec.filter) {
                 Counters::add(&self.inner.counters.subscribe_denied, 1);

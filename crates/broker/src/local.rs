@@ -78,6 +78,8 @@ impl LocalClient {
         let id = self.inner.next_id();
         let client_id: Arc<str> = Arc::from(format!("$local/{}/{id}", self.principal));
         let session = Arc::new(Session::new_local(id, client_id, tx));
+        // Same ownership rules as network sessions (its `$share` groups are its own).
+        session.lock().owner = Some(self.principal.clone());
         let options = SubscribeOptions::qos(QoS::ExactlyOnce);
         self.inner
             .router

@@ -94,8 +94,11 @@ pub enum Record {
         client: Arc<str>,
         entry: u64,
     },
+    /// `owner`: the principal whose retained quota it counts against (none for the
+    /// broker's own messages and for journals written before quotas existed).
     Retain {
         msg: Arc<Publication>,
+        owner: Option<Arc<str>>,
     },
     Unretain {
         topic: String,
@@ -107,6 +110,12 @@ pub enum Record {
     InQos2Done {
         client: Arc<str>,
         pid: u16,
+    },
+    /// The principal that owns a persistent session (written right after its first
+    /// `Session` record); only that principal may resume it.
+    Owner {
+        client: Arc<str>,
+        principal: Arc<str>,
     },
 }
 
@@ -124,17 +133,34 @@ pub struct LoadedEntry {
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadedSession {
+    /// `None` for a session journaled before owners were recorded: nobody may resume it.
+    pub owner: Option<Arc<str>>,
     pub expiry: u32,
     pub subs: BTreeMap<String, SubRecord>,
     pub entries: Vec<LoadedEntry>,
     pub inbound_qos2: Vec<u16>,
 }
 
+/// What recovery found wrong with the journal.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Bytes of an incomplete or damaged record at the very end, with nothing valid after
+    /// it (an interrupted write): dropped.
+    pub torn_tail_bytes: usize,
+    /// `(offset, length)` of damaged regions followed by valid records: skipped, and the
+    /// records after each were recovered.
+    pub corrupt: Vec<(usize, usize)>,
+    /// Where the original file was copied when `corrupt` is not empty.
+    pub kept_aside: Option<PathBuf>,
+}
+
 /// The state recovered at open.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    pub recovery: Recovery,
     pub sessions: Vec<(Arc<str>, LoadedSession)>,
-    pub retained: Vec<Arc<Publication>>,
+    /// Retained messages with the principal they count against.
+    pub retained: Vec<(Arc<Publication>, Option<Arc<str>>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +174,13 @@ pub enum PersistError {
         "{path} is not a devicecloud broker journal (bad header); move it away or point data_dir elsewhere"
     )]
     BadHeader { path: PathBuf },
+    #[error(
+        "the broker journal is damaged and could not be copied aside to {path} before recovery: {source}; free disk space or fix permissions, then start again"
+    )]
+    KeepAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -189,6 +222,7 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(FILE_NAME);
         let mut mirror = Mirror::default();
+        let mut recovery = Recovery::default();
         if path.exists() {
             let mut data = Vec::new();
             File::open(&path)
@@ -201,22 +235,22 @@ impl Journal {
                 if !data.starts_with(MAGIC) {
                     return Err(PersistError::BadHeader { path });
                 }
-                let mut pos = MAGIC.len();
-                while let Some((rec, next)) = read_record(&data, pos) {
-                    mirror.apply(&rec);
-                    pos = next;
-                }
-                if pos < data.len() {
+                recovery = replay(&data, &mut mirror);
+                if recovery.torn_tail_bytes > 0 {
                     tracing::warn!(
                         path = %path.display(),
-                        offset = pos,
-                        dropped_bytes = data.len() - pos,
-                        "journal ends with a torn or corrupt record; recovered up to it"
+                        dropped_bytes = recovery.torn_tail_bytes,
+                        "journal ends with a torn record (an interrupted write); recovered up to it"
                     );
+                }
+                if !recovery.corrupt.is_empty() {
+                    recovery.kept_aside = Some(keep_aside(&path)?);
+                    report_corruption(&path, &recovery);
                 }
             }
         }
-        let loaded = mirror.loaded();
+        let mut loaded = mirror.loaded();
+        loaded.recovery = recovery;
         let next_id = mirror.max_id + 1;
         let (file, size) = write_snapshot(&path, &mirror).map_err(io)?;
         let shared = Arc::new(Shared {
@@ -404,6 +438,99 @@ impl Writer {
     }
 }
 
+/// Applies every valid record of `data` (which starts with `MAGIC`) to `mirror`.
+///
+/// A record that does not decode is either a torn tail (nothing valid follows: dropped, as
+/// an interrupted append leaves it) or damage in the middle: then the reader resynchronises
+/// on the next position where a whole record with a matching checksum starts (first where
+/// the damaged record's own length points, then byte by byte) and carries on, so a bad
+/// record never silently takes everything after it along.
+fn replay(data: &[u8], mirror: &mut Mirror) -> Recovery {
+    let mut recovery = Recovery::default();
+    let mut pos = MAGIC.len();
+    while pos < data.len() {
+        if let Some((rec, next)) = read_record(data, pos) {
+            mirror.apply(&rec);
+            pos = next;
+            continue;
+        }
+        match resync(data, pos) {
+            Some(next) => {
+                recovery.corrupt.push((pos, next - pos));
+                pos = next;
+            }
+            None => {
+                recovery.torn_tail_bytes = data.len() - pos;
+                break;
+            }
+        }
+    }
+    recovery
+}
+
+/// The first position after the damaged record at `bad` where a valid record starts.
+fn resync(data: &[u8], bad: usize) -> Option<usize> {
+    let declared = data
+        .get(bad..bad + 4)
+        .and_then(|h| h.try_into().ok())
+        .map(|h| u32::from_le_bytes(h) as usize)
+        .and_then(|len| (bad + 8).checked_add(len));
+    if let Some(next) = declared
+        && next < data.len()
+        && read_record(data, next).is_some()
+    {
+        return Some(next);
+    }
+    (bad + 1..data.len().saturating_sub(8)).find(|&p| {
+        // Cheap filter before the checksum: a plausible tag right after the header.
+        matches!(data.get(p + 8), Some(1..=15)) && read_record(data, p).is_some()
+    })
+}
+
+/// Copies the journal next to itself as `broker.journal.corrupt-<unix time>` before
+/// recovery rewrites it.
+fn keep_aside(path: &Path) -> Result<PathBuf, PersistError> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut aside = path.with_extension(format!("journal.corrupt-{secs}"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = path.with_extension(format!("journal.corrupt-{secs}-{n}"));
+        n += 1;
+    }
+    std::fs::copy(path, &aside)
+        .and_then(|_| File::open(&aside)?.sync_all())
+        .map_err(|source| PersistError::KeepAside {
+            path: aside.clone(),
+            source,
+        })?;
+    Ok(aside)
+}
+
+fn report_corruption(path: &Path, recovery: &Recovery) {
+    let regions: Vec<String> = recovery
+        .corrupt
+        .iter()
+        .map(|(at, len)| format!("{len} bytes at offset {at}"))
+        .collect();
+    let aside = recovery
+        .kept_aside
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    tracing::error!(
+        path = %path.display(),
+        kept_aside = %aside,
+        "the broker journal is damaged in the middle ({}); every valid record around the damage \
+         was recovered, but what the damaged records said (a session change, a subscription, \
+         a queued message or its delivery) is lost. The original file is kept at {aside}. \
+         Check the disk (dmesg, smartctl); remove the copy once you no longer need it",
+        regions.join(", "),
+    );
+}
+
 /// Writes the mirror to a temporary file, fsyncs it, renames it over the journal and
 /// returns the journal opened for appending.
 fn write_snapshot(path: &Path, mirror: &Mirror) -> std::io::Result<(File, u64)> {
@@ -440,6 +567,7 @@ struct MEntry {
 
 #[derive(Debug, Default)]
 struct MSession {
+    owner: Option<Arc<str>>,
     expiry: u32,
     subs: BTreeMap<String, SubRecord>,
     entries: BTreeMap<u64, MEntry>,
@@ -450,7 +578,7 @@ struct MSession {
 struct Mirror {
     sessions: HashMap<Arc<str>, MSession>,
     msgs: HashMap<u64, (Arc<Publication>, u32)>,
-    retained: BTreeMap<String, Arc<Publication>>,
+    retained: BTreeMap<String, (Arc<Publication>, Option<Arc<str>>)>,
     max_id: u64,
 }
 
@@ -549,8 +677,9 @@ impl Mirror {
                     self.unref(e.msg);
                 }
             }
-            Record::Retain { msg } => {
-                self.retained.insert(msg.topic.to_string(), msg.clone());
+            Record::Retain { msg, owner } => {
+                self.retained
+                    .insert(msg.topic.to_string(), (msg.clone(), owner.clone()));
             }
             Record::Unretain { topic } => {
                 self.retained.remove(topic);
@@ -565,13 +694,21 @@ impl Mirror {
                     s.inbound_qos2.remove(pid);
                 }
             }
+            Record::Owner { client, principal } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.owner = Some(principal.clone());
+                }
+            }
         }
     }
 
     fn snapshot(&self) -> Vec<Record> {
         let mut out = Vec::new();
-        for msg in self.retained.values() {
-            out.push(Record::Retain { msg: msg.clone() });
+        for (msg, owner) in self.retained.values() {
+            out.push(Record::Retain {
+                msg: msg.clone(),
+                owner: owner.clone(),
+            });
         }
         for (id, (msg, refs)) in &self.msgs {
             if *refs == 0 {
@@ -587,6 +724,12 @@ impl Mirror {
                 client: client.clone(),
                 expiry: s.expiry,
             });
+            if let Some(principal) = &s.owner {
+                out.push(Record::Owner {
+                    client: client.clone(),
+                    principal: principal.clone(),
+                });
+            }
             for (filter, rec) in &s.subs {
                 out.push(Record::Sub {
                     client: client.clone(),
@@ -655,6 +798,7 @@ impl Mirror {
                     })
                     .collect();
                 let ls = LoadedSession {
+                    owner: s.owner.clone(),
                     expiry: s.expiry,
                     subs: s.subs.clone(),
                     entries,
@@ -664,6 +808,7 @@ impl Mirror {
             })
             .collect();
         Loaded {
+            recovery: Recovery::default(),
             sessions,
             retained: self.retained.values().cloned().collect(),
         }
@@ -830,9 +975,17 @@ fn encode_record(r: &Record, out: &mut Vec<u8>) {
             e.bytes(client.as_bytes());
             e.u64(*entry);
         }
-        Record::Retain { msg } => {
+        Record::Retain { msg, owner: None } => {
             e.u8(10);
             e.msg(msg);
+        }
+        Record::Retain {
+            msg,
+            owner: Some(owner),
+        } => {
+            e.u8(14);
+            e.msg(msg);
+            e.bytes(owner.as_bytes());
         }
         Record::Unretain { topic } => {
             e.u8(11);
@@ -847,6 +1000,11 @@ fn encode_record(r: &Record, out: &mut Vec<u8>) {
             e.u8(13);
             e.bytes(client.as_bytes());
             e.u16(*pid);
+        }
+        Record::Owner { client, principal } => {
+            e.u8(15);
+            e.bytes(client.as_bytes());
+            e.bytes(principal.as_bytes());
         }
     }
     let body_len = (out.len() - start - 8) as u32;
@@ -1025,7 +1183,10 @@ fn read_record(data: &[u8], pos: usize) -> Option<(Record, usize)> {
             client: d.arc_str()?,
             entry: d.u64()?,
         },
-        10 => Record::Retain { msg: d.msg()? },
+        10 => Record::Retain {
+            msg: d.msg()?,
+            owner: None,
+        },
         11 => Record::Unretain { topic: d.string()? },
         12 => Record::InQos2 {
             client: d.arc_str()?,
@@ -1035,8 +1196,21 @@ fn read_record(data: &[u8], pos: usize) -> Option<(Record, usize)> {
             client: d.arc_str()?,
             pid: d.u16()?,
         },
+        14 => Record::Retain {
+            msg: d.msg()?,
+            owner: Some(d.arc_str()?),
+        },
+        15 => Record::Owner {
+            client: d.arc_str()?,
+            principal: d.arc_str()?,
+        },
         _ => return None,
     };
+    if d.pos != body.len() {
+        // Trailing bytes: not a record this version wrote (helps resynchronisation reject
+        // a false start inside another record's body).
+        return None;
+    }
     Some((rec, pos + 8 + len))
 }
 
@@ -1114,6 +1288,7 @@ mod tests {
             });
             j.append(Record::Retain {
                 msg: msg("r", "kept"),
+                owner: None,
             });
             let seq = j.append(Record::InQos2 {
                 client: c.clone(),

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::{
     message::Publication,
     persist::{Journal, Record},
-    retained::RetainedStore,
+    retained::{RetainQuota, RetainRefused, RetainedStore},
     session::{Offer, Outgoing, Session},
     shared::FilterSpec,
     stats::Counters,
@@ -32,6 +32,7 @@ pub struct Router {
     pub counters: Arc<Counters>,
     pub journal: Option<Arc<Journal>>,
     max_queued: usize,
+    retain_quota: RetainQuota,
 }
 
 impl Router {
@@ -39,6 +40,7 @@ impl Router {
         counters: Arc<Counters>,
         journal: Option<Arc<Journal>>,
         max_queued: usize,
+        retain_quota: RetainQuota,
     ) -> Router {
         Router {
             subs: RwLock::new(Trie::default()),
@@ -46,6 +48,7 @@ impl Router {
             counters,
             journal,
             max_queued,
+            retain_quota,
         }
     }
 
@@ -69,12 +72,25 @@ impl Router {
             .len()
     }
 
-    /// Routes a message. Returns the journal sequence number that must be durable before
-    /// the publisher is acknowledged (0: nothing to wait for).
+    /// Routes a message of the broker's own (a will, `$SYS`, an in-process client): its
+    /// retained copy counts against nobody's quota. Returns the journal sequence number
+    /// that must be durable before the publisher is acknowledged (0: nothing to wait for).
     pub fn publish(&self, msg: Arc<Publication>) -> u64 {
+        self.publish_as(msg, None).unwrap_or(0)
+    }
+
+    /// Routes a client's message. A retained one counts against `owner`'s retained quota;
+    /// over it, the message is refused as a whole (not routed either) and counted in
+    /// `retained_quota_exceeded`, so the publisher learns of it instead of subscribers
+    /// seeing a message that later retained readers miss.
+    pub fn publish_as(
+        &self,
+        msg: Arc<Publication>,
+        owner: Option<&Arc<str>>,
+    ) -> Result<u64, RetainRefused> {
         let mut seq = 0;
         if msg.retain {
-            seq = self.store_retained(&msg);
+            seq = self.store_retained(&msg, owner)?;
         }
         let trie = self.subs.read().unwrap_or_else(|e| e.into_inner());
         let mut targets: Vec<&SubEntry> = Vec::new();
@@ -129,7 +145,7 @@ impl Router {
                 e.sub_id.into_iter().collect(),
             ));
         }
-        seq
+        Ok(seq)
     }
 
     /// Offers one delivery to a session; returns the journal sequence it produced, if any.
@@ -182,37 +198,57 @@ impl Router {
         seq
     }
 
-    fn store_retained(&self, msg: &Arc<Publication>) -> u64 {
+    fn store_retained(
+        &self,
+        msg: &Arc<Publication>,
+        owner: Option<&Arc<str>>,
+    ) -> Result<u64, RetainRefused> {
         let stored = Arc::new(msg.detached());
         let delete = stored.payload.is_empty();
         let changed = self
             .retained
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .set(stored.clone());
-        match &self.journal {
+            .set_owned(stored.clone(), owner, self.retain_quota);
+        let changed = match changed {
+            Ok(changed) => changed,
+            Err(e) => {
+                Counters::add(&self.counters.retained_quota_exceeded, 1);
+                return Err(e);
+            }
+        };
+        Ok(match &self.journal {
             Some(j) if !stored.topic.starts_with("$SYS/") => {
                 if delete {
                     if changed {
-                        return j.append(Record::Unretain {
+                        return Ok(j.append(Record::Unretain {
                             topic: stored.topic.to_string(),
-                        });
+                        }));
                     }
                     0
                 } else {
-                    j.append(Record::Retain { msg: stored })
+                    j.append(Record::Retain {
+                        msg: stored,
+                        owner: owner.cloned(),
+                    })
                 }
             }
             _ => 0,
-        }
+        })
     }
 
-    /// Restores a retained message recovered from the journal.
-    pub fn restore_retained(&self, msg: Arc<Publication>) {
-        self.retained
+    /// Restores a retained message recovered from the journal (quotas are not enforced on
+    /// what was already accepted).
+    pub fn restore_retained(&self, msg: Arc<Publication>, owner: Option<Arc<str>>) {
+        let unbounded = RetainQuota {
+            max_count: usize::MAX,
+            max_bytes: usize::MAX,
+        };
+        let _ = self
+            .retained
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .set(msg);
+            .set_owned(msg, owner.as_ref(), unbounded);
     }
 
     /// Adds (or replaces) `session`'s subscription to `raw` (may be `$share/...`) and queues
@@ -227,6 +263,7 @@ impl Router {
         send_retained: bool,
     ) -> bool {
         let spec = FilterSpec::parse(raw);
+        let group = spec.group.map(|g| group_key(session, g));
         let entry = SubEntry {
             session: session.clone(),
             options,
@@ -236,7 +273,7 @@ impl Router {
             .subs
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.filter, spec.group, entry, |e| {
+            .insert(spec.filter, group.as_deref(), entry, |e| {
                 Arc::ptr_eq(&e.session, session)
             })
             .is_some();
@@ -267,10 +304,11 @@ impl Router {
 
     pub fn unsubscribe(&self, session: &Arc<Session>, raw: &str) -> bool {
         let spec = FilterSpec::parse(raw);
+        let group = spec.group.map(|g| group_key(session, g));
         self.subs
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(spec.filter, spec.group, |e| {
+            .remove(spec.filter, group.as_deref(), |e| {
                 Arc::ptr_eq(&e.session, session)
             })
             .is_some()
@@ -282,12 +320,27 @@ impl Router {
         session: &Arc<Session>,
         filters: impl Iterator<Item = &'a String>,
     ) {
+        let owner = session.lock().owner.clone();
         let mut trie = self.subs.write().unwrap_or_else(|e| e.into_inner());
         for raw in filters {
             let spec = FilterSpec::parse(raw);
-            trie.remove(spec.filter, spec.group, |e| {
+            let group = spec.group.map(|g| owned_group_key(owner.as_deref(), g));
+            trie.remove(spec.filter, group.as_deref(), |e| {
                 Arc::ptr_eq(&e.session, session)
             });
         }
     }
+}
+
+/// Shared subscription groups are per principal: `$share/g/...` of `user:alice` and of
+/// `device:x` are two different groups. So no principal can join another's group to take
+/// a share of its messages, and none can squat a group name to block another. The key
+/// joins owner and group with NUL, which neither a principal name nor (MQTT-4.7.3-2) a
+/// group name contains.
+fn group_key(session: &Session, group: &str) -> String {
+    owned_group_key(session.lock().owner.as_deref(), group)
+}
+
+fn owned_group_key(owner: Option<&str>, group: &str) -> String {
+    format!("{}\0{group}", owner.unwrap_or(""))
 }

@@ -95,6 +95,10 @@ pub struct SessionState {
     pub inbound_qos2: Vec<u16>,
     /// A delayed will waiting to be published; cancelled if the client reconnects.
     pub pending_will: Option<PendingWill>,
+    /// The principal that created the session; only it may take the session over or resume
+    /// it. `None` for a session recovered from a journal written before owners were
+    /// recorded: nobody resumes it (see `Inner::attach`).
+    pub owner: Option<Arc<str>>,
     pub dropped: u64,
 }
 

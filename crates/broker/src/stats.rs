@@ -16,6 +16,12 @@ pub(crate) struct Counters {
     pub publish_denied: AtomicU64,
     pub subscribe_denied: AtomicU64,
     pub malformed_packets: AtomicU64,
+    pub topic_limit_exceeded: AtomicU64,
+    pub retained_quota_exceeded: AtomicU64,
+    pub session_limit_exceeded: AtomicU64,
+    pub client_id_refused: AtomicU64,
+    pub connect_too_large: AtomicU64,
+    pub subscriptions_revoked: AtomicU64,
 }
 
 impl Counters {
@@ -52,6 +58,19 @@ pub struct Stats {
     /// SUBSCRIBE filters refused by the ACL.
     pub subscribe_denied: u64,
     pub malformed_packets: u64,
+    /// Topic names or filters refused for exceeding `max_topic_levels`/`max_topic_length`.
+    pub topic_limit_exceeded: u64,
+    /// Retained PUBLISH packets refused by the per-principal retained quota.
+    pub retained_quota_exceeded: u64,
+    /// CONNECTs refused by `max_sessions_per_principal`.
+    pub session_limit_exceeded: u64,
+    /// CONNECTs refused because the client id belongs to another principal (its session's
+    /// owner, or the authenticator's client-id rule).
+    pub client_id_refused: u64,
+    /// CONNECT packets larger than `max_connect_size`, refused before authentication.
+    pub connect_too_large: u64,
+    /// Restored subscriptions removed because their principal may no longer subscribe.
+    pub subscriptions_revoked: u64,
     pub retained_messages: u64,
     pub subscriptions: u64,
     pub uptime_secs: u64,
@@ -71,6 +90,12 @@ impl Counters {
             publish_denied: self.publish_denied.load(Relaxed),
             subscribe_denied: self.subscribe_denied.load(Relaxed),
             malformed_packets: self.malformed_packets.load(Relaxed),
+            topic_limit_exceeded: self.topic_limit_exceeded.load(Relaxed),
+            retained_quota_exceeded: self.retained_quota_exceeded.load(Relaxed),
+            session_limit_exceeded: self.session_limit_exceeded.load(Relaxed),
+            client_id_refused: self.client_id_refused.load(Relaxed),
+            connect_too_large: self.connect_too_large.load(Relaxed),
+            subscriptions_revoked: self.subscriptions_revoked.load(Relaxed),
             ..Stats::default()
         }
     }

@@ -148,25 +148,157 @@ impl<T> Trie<T> {
         }
     }
 
-    /// Removes the entry under `filter`/`group` for which `same` is true.
+    /// Removes the entry under `filter`/`group` for which `same` is true, and prunes the
+    /// nodes left empty. Iterative: the filter's depth comes from the client.
     pub fn remove(
         &mut self,
         filter: &str,
         group: Option<&str>,
         same: impl Fn(&T) -> bool,
     ) -> Option<T> {
-        let removed = remove_in(&mut self.root, Some(filter), group, &same);
-        if removed.is_some() {
-            self.len -= 1;
+        let (steps, in_hash) = path_of(filter);
+        let removed = {
+            let mut node = &mut self.root;
+            for step in &steps {
+                node = node.child_mut(step)?;
+            }
+            let slot = if in_hash {
+                &mut node.hash
+            } else {
+                &mut node.leaf
+            };
+            let leaf = slot.as_mut()?;
+            let removed = remove_from_leaf(leaf, group, &same);
+            if leaf.is_empty() {
+                *slot = None;
+            }
+            removed?
+        };
+        self.len -= 1;
+        self.prune(&steps);
+        Some(removed)
+    }
+
+    /// Removes the deepest run of nodes along `steps` that hold nothing but the next node
+    /// of the run (the tail of a just-emptied path).
+    fn prune(&mut self, steps: &[&str]) {
+        let mut path: Vec<&Node<T>> = Vec::with_capacity(steps.len() + 1);
+        let mut node = &self.root;
+        path.push(node);
+        for step in steps {
+            match node.child(step) {
+                Some(c) => node = c,
+                None => return,
+            }
+            path.push(node);
         }
-        removed
+        // `cut`: the shallowest depth from which every node down the path is removable.
+        let mut cut = None;
+        for depth in (1..path.len()).rev() {
+            let n = path[depth];
+            let removable = if depth == path.len() - 1 {
+                n.is_empty()
+            } else {
+                n.leaf.is_none()
+                    && n.hash.is_none()
+                    && n.children.len() + usize::from(n.plus.is_some()) == 1
+            };
+            if !removable {
+                break;
+            }
+            cut = Some(depth);
+        }
+        let Some(cut) = cut else { return };
+        let mut parent = &mut self.root;
+        for step in &steps[..cut - 1] {
+            match parent.child_mut(step) {
+                Some(c) => parent = c,
+                None => return,
+            }
+        }
+        let step = steps[cut - 1];
+        // Dropping the detached chain is iterative too (see `Drop for Node`).
+        if step == "+" {
+            parent.plus = None;
+        } else {
+            parent.children.remove(step);
+        }
     }
 
     /// Calls `visit` for every subscription whose filter matches the topic name `topic`.
     /// Wildcards at the first level do not match topics starting with `$` (MQTT-4.7.2-1).
+    /// Iterative (an explicit stack of branches still to walk): the depth comes from the
+    /// publisher.
     pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(Match<'a, T>)) {
         let dollar = topic.starts_with('$');
-        walk(&self.root, Some(topic), true, dollar, &mut visit);
+        let mut stack: Vec<(&'a Node<T>, Option<&str>, bool)> =
+            vec![(&self.root, Some(topic), true)];
+        while let Some((node, rest, first)) = stack.pop() {
+            let wild_ok = !(first && dollar);
+            if wild_ok && let Some(h) = &node.hash {
+                // `a/#` matches `a` itself as well as everything below it.
+                visit_leaf(h, &mut visit);
+            }
+            match rest {
+                None => {
+                    if let Some(l) = &node.leaf {
+                        visit_leaf(l, &mut visit);
+                    }
+                }
+                Some(r) => {
+                    let (level, next) = split_level(r);
+                    if let Some(c) = node.children.get(level) {
+                        stack.push((c, next, false));
+                    }
+                    if wild_ok && let Some(p) = &node.plus {
+                        stack.push((p, next, false));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The steps from the root to the node holding `filter`'s subscribers, and whether they
+/// sit in that node's `#` leaf.
+fn path_of(filter: &str) -> (Vec<&str>, bool) {
+    let mut steps: Vec<&str> = filter.split('/').collect();
+    let in_hash = steps.last() == Some(&"#");
+    if in_hash {
+        steps.pop();
+    }
+    (steps, in_hash)
+}
+
+impl<T> Node<T> {
+    fn child(&self, step: &str) -> Option<&Node<T>> {
+        if step == "+" {
+            self.plus.as_deref()
+        } else {
+            self.children.get(step)
+        }
+    }
+
+    fn child_mut(&mut self, step: &str) -> Option<&mut Node<T>> {
+        if step == "+" {
+            self.plus.as_deref_mut()
+        } else {
+            self.children.get_mut(step)
+        }
+    }
+}
+
+/// The derived drop would recurse once per level; a chain of nodes as deep as a filter is
+/// long would overflow the stack. Children are moved onto a heap stack instead.
+impl<T> Drop for Node<T> {
+    fn drop(&mut self) {
+        let mut stack: Vec<Node<T>> = Vec::new();
+        stack.extend(self.children.drain().map(|(_, c)| c));
+        stack.extend(self.plus.take().map(|b| *b));
+        while let Some(mut n) = stack.pop() {
+            stack.extend(n.children.drain().map(|(_, c)| c));
+            stack.extend(n.plus.take().map(|b| *b));
+        }
     }
 }
 
@@ -177,36 +309,6 @@ fn visit_leaf<'a, T>(leaf: &'a Leaf<T>, visit: &mut impl FnMut(Match<'a, T>)) {
     for g in &leaf.groups {
         if !g.members.is_empty() {
             visit(Match::Group(g));
-        }
-    }
-}
-
-fn walk<'a, T>(
-    node: &'a Node<T>,
-    rest: Option<&str>,
-    first: bool,
-    dollar: bool,
-    visit: &mut impl FnMut(Match<'a, T>),
-) {
-    let wild_ok = !(first && dollar);
-    if wild_ok && let Some(h) = &node.hash {
-        // `a/#` matches `a` itself as well as everything below it.
-        visit_leaf(h, visit);
-    }
-    match rest {
-        None => {
-            if let Some(l) = &node.leaf {
-                visit_leaf(l, visit);
-            }
-        }
-        Some(r) => {
-            let (level, next) = split_level(r);
-            if let Some(c) = node.children.get(level) {
-                walk(c, next, false, dollar, visit);
-            }
-            if wild_ok && let Some(p) = &node.plus {
-                walk(p, next, false, dollar, visit);
-            }
         }
     }
 }
@@ -233,45 +335,6 @@ fn remove_from_leaf<T>(
             Some(removed)
         }
     }
-}
-
-fn remove_in<T>(
-    node: &mut Node<T>,
-    rest: Option<&str>,
-    group: Option<&str>,
-    same: &impl Fn(&T) -> bool,
-) -> Option<T> {
-    let Some(r) = rest else {
-        let leaf = node.leaf.as_mut()?;
-        let removed = remove_from_leaf(leaf, group, same);
-        if leaf.is_empty() {
-            node.leaf = None;
-        }
-        return removed;
-    };
-    let (level, next) = split_level(r);
-    if level == "#" {
-        let leaf = node.hash.as_mut()?;
-        let removed = remove_from_leaf(leaf, group, same);
-        if leaf.is_empty() {
-            node.hash = None;
-        }
-        return removed;
-    }
-    if level == "+" {
-        let child = node.plus.as_mut()?;
-        let removed = remove_in(child, next, group, same);
-        if child.is_empty() {
-            node.plus = None;
-        }
-        return removed;
-    }
-    let child = node.children.get_mut(level)?;
-    let removed = remove_in(child, next, group, same);
-    if child.is_empty() {
-        node.children.remove(level);
-    }
-    removed
 }
 
 #[cfg(test)]
@@ -315,6 +378,29 @@ mod tests {
             want.sort();
             assert_eq!(matched(&t, topic), want, "topic {topic}");
         }
+    }
+
+    /// A filter and topic as deep as a packet allows must not overflow the stack in insert,
+    /// match, remove or drop (CVE-2019-11779 class); this runs on a test thread's 2 MiB stack.
+    #[test]
+    fn deep_filters_do_not_recurse() {
+        let deep = vec!["a"; 100_000].join("/");
+        let mut t = Trie::default();
+        t.insert(&deep, None, 1, |e| *e == 1);
+        t.insert(&format!("{deep}/#"), None, 2, |e| *e == 2);
+        t.insert("a/+/a", None, 3, |e| *e == 3);
+        assert_eq!(matched(&t, &deep), vec![1, 2]);
+        assert_eq!(matched(&t, "a/a/a"), vec![3]);
+        assert_eq!(t.remove(&deep, None, |e| *e == 1), Some(1));
+        assert_eq!(matched(&t, &deep), vec![2]);
+        assert_eq!(t.remove(&format!("{deep}/#"), None, |e| *e == 2), Some(2));
+        assert_eq!(
+            t.root.children.len(),
+            1,
+            "the deep chain is pruned, a/+/a stays"
+        );
+        t.insert(&deep, None, 4, |e| *e == 4);
+        drop(t);
     }
 
     #[test]

@@ -79,6 +79,41 @@ fn validate_plain_filter(filter: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Why a topic name or filter exceeds a server's configured bounds (valid by the spec,
+/// refused by policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TopicLimitError {
+    #[error("topic has {levels} or more levels, the server allows at most {max}")]
+    TooManyLevels { levels: usize, max: usize },
+    #[error("topic is {len} bytes long, the server allows at most {max}")]
+    TooLong { len: usize, max: usize },
+}
+
+/// Checks a topic name or filter (a shared one counted whole) against a maximum number of
+/// levels and bytes. Stops counting at the first level over the limit, so the cost is
+/// bounded by `max_levels`, not by the input.
+pub fn check_limits(topic: &str, max_levels: usize, max_len: usize) -> Result<(), TopicLimitError> {
+    if topic.len() > max_len {
+        return Err(TopicLimitError::TooLong {
+            len: topic.len(),
+            max: max_len,
+        });
+    }
+    let levels = topic
+        .bytes()
+        .filter(|b| *b == b'/')
+        .take(max_levels)
+        .count()
+        + 1;
+    if levels > max_levels {
+        return Err(TopicLimitError::TooManyLevels {
+            levels,
+            max: max_levels,
+        });
+    }
+    Ok(())
+}
+
 /// Whether `filter` contains a wildcard.
 pub fn has_wildcard(filter: &str) -> bool {
     filter.contains(['+', '#'])
@@ -260,6 +295,24 @@ mod tests {
             validate_topic_filter("$share/g/a#"),
             Err(TopicError::MultiLevelWildcard)
         );
+    }
+
+    #[test]
+    fn limits_bound_levels_and_bytes() {
+        assert_eq!(check_limits("a/b/c", 3, 5), Ok(()));
+        assert_eq!(
+            check_limits("a/b/c/d", 3, 100),
+            Err(TopicLimitError::TooManyLevels { levels: 4, max: 3 })
+        );
+        assert_eq!(
+            check_limits("abcdef", 3, 5),
+            Err(TopicLimitError::TooLong { len: 6, max: 5 })
+        );
+        let deep = "/".repeat(30_000);
+        assert!(matches!(
+            check_limits(&deep, 32, 65_535),
+            Err(TopicLimitError::TooManyLevels { max: 32, .. })
+        ));
     }
 
     #[test]

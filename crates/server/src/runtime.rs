@@ -422,6 +422,8 @@ fn limits(config: &ServerConfig) -> broker::Limits {
         max_keepalive: l.max_keepalive.unwrap_or(d.max_keepalive),
         topic_alias_maximum: l.topic_alias_maximum.unwrap_or(d.topic_alias_maximum),
         max_session_expiry: l.max_session_expiry.unwrap_or(d.max_session_expiry),
+        // The hardening limits keep the broker's defaults until the server config has keys.
+        ..d
     }
 }
 

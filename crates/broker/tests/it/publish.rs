@@ -180,8 +180,9 @@ async fn mqtt_3_3_4_2_overlapping_subscriptions_deliver_once_at_highest_qos() {
 #[tokio::test]
 async fn mqtt_4_8_2_shared_subscription_round_robin() {
     let b = TestBroker::start().await;
-    let mut m1 = b.client("m1").connect().await;
-    let mut m2 = b.client("m2").connect().await;
+    // One principal's two sessions (share groups are per principal).
+    let mut m1 = b.client("m1").user("worker").connect().await;
+    let mut m2 = b.client("m2").user("worker").connect().await;
     m1.subscribe("$share/g/jobs/#", QoS::AtLeastOnce).await;
     m2.subscribe("$share/g/jobs/#", QoS::AtLeastOnce).await;
     let mut publ = b.client("pub").connect().await;

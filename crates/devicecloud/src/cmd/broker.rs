@@ -81,6 +81,31 @@ pub struct Args {
     /// Maximum simultaneous client connections.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+
+    /// Maximum levels in a topic name or filter. [default: 32]
+    #[arg(long, value_name = "N")]
+    max_topic_levels: Option<usize>,
+
+    /// Maximum bytes in a topic name or filter. [default: 1024]
+    #[arg(long, value_name = "BYTES")]
+    max_topic_length: Option<usize>,
+
+    /// Maximum sessions (connected or persisted) per user or device. [default: 16]
+    #[arg(long, value_name = "N")]
+    max_sessions_per_principal: Option<usize>,
+
+    /// Maximum retained messages per user or device. [default: 100]
+    #[arg(long, value_name = "N")]
+    max_retained_per_principal: Option<usize>,
+
+    /// Maximum bytes (topic + payload) of retained messages per user or device.
+    /// [default: 262144]
+    #[arg(long, value_name = "BYTES")]
+    max_retained_bytes_per_principal: Option<usize>,
+
+    /// Maximum CONNECT packet size, checked before authentication. [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    max_connect_size: Option<u32>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -312,7 +337,21 @@ impl Settings {
             data: args.data.or(file.data),
             max_connections: args.max_connections.or(file.limits.max_connections),
             handshake_timeout: file.limits.handshake_timeout_secs.map(Duration::from_secs),
-            file_limits: file.limits,
+            file_limits: broker::config::LimitsConfig {
+                max_topic_levels: args.max_topic_levels.or(file.limits.max_topic_levels),
+                max_topic_length: args.max_topic_length.or(file.limits.max_topic_length),
+                max_sessions_per_principal: args
+                    .max_sessions_per_principal
+                    .or(file.limits.max_sessions_per_principal),
+                max_retained_per_principal: args
+                    .max_retained_per_principal
+                    .or(file.limits.max_retained_per_principal),
+                max_retained_bytes_per_principal: args
+                    .max_retained_bytes_per_principal
+                    .or(file.limits.max_retained_bytes_per_principal),
+                max_connect_size: args.max_connect_size.or(file.limits.max_connect_size),
+                ..file.limits
+            },
             warnings,
         })
     }
@@ -365,6 +404,24 @@ impl Settings {
         }
         if let Some(v) = file.max_session_expiry {
             limits.max_session_expiry = v;
+        }
+        if let Some(v) = file.max_topic_levels {
+            limits.max_topic_levels = v;
+        }
+        if let Some(v) = file.max_topic_length {
+            limits.max_topic_length = v;
+        }
+        if let Some(v) = file.max_sessions_per_principal {
+            limits.max_sessions_per_principal = v;
+        }
+        if let Some(v) = file.max_retained_per_principal {
+            limits.max_retained_per_principal = v;
+        }
+        if let Some(v) = file.max_retained_bytes_per_principal {
+            limits.max_retained_bytes_per_principal = v;
+        }
+        if let Some(v) = file.max_connect_size {
+            limits.max_connect_size = v;
         }
         if let Some(v) = file.sys_interval_secs {
             config.sys_interval = Duration::from_secs(v);
