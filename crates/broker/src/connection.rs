@@ -290,7 +290,7 @@ async fn accept(
         let id = assigned_client_id();
         c.client_id = id.clone();
         assigned = Some(id);
-    } else if c.protocol == ProtocolVersion::V3_1 && c.client_id.len() > 23 {
+    } else if c.protocol == ProtocolVersion::V3_1 && c.client_id.chars().count() > 23 {
         return Err((
             ReasonCode::ClientIdentifierNotValid,
             "MQTT 3.1 client ids are at most 23 characters".into(),
@@ -669,6 +669,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             );
         }
         let pid = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce && self.session.lock().inbound_qos2.contains(&pid) {
+            // A retransmission of a message already routed (its PUBREC was lost): acknowledge
+            // it again only (MQTT-4.3.3, exactly once). It occupies the slot it already had,
+            // so it is checked before the Receive Maximum.
+            return self.ack_publish(QoS::ExactlyOnce, pid, ReasonCode::Success, 0);
+        }
         if p.qos != QoS::AtMostOnce {
             let in_flight = self.session.lock().inbound_qos2.len() + self.pending_acks.len();
             if in_flight >= usize::from(self.inner.config.limits.receive_maximum) {
@@ -677,10 +683,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     "more unacknowledged QoS 1/2 PUBLISH packets than our Receive Maximum",
                 );
             }
-        }
-        if p.qos == QoS::ExactlyOnce && self.session.lock().inbound_qos2.contains(&pid) {
-            // A retransmission of a message already routed: acknowledge it again only.
-            return self.ack_publish(QoS::ExactlyOnce, pid, ReasonCode::Success, 0);
         }
         let allowed = !reserved_topic(&p.topic) && self.identity.permissions.may_publish(&p.topic);
         if !allowed {
@@ -814,20 +816,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// The in-flight index of `pid` if it is at `stage` of a `qos` flow. `Err` when the id is
+    /// in flight but in another flow or stage: the ack's type is wrong for the message, a
+    /// protocol error (MQTT-4.3.2, 4.3.3). An id not in flight at all is a stale ack (a
+    /// retransmission after the flow ended), which is harmless.
+    fn ack_target(
+        st: &SessionState,
+        pid: u16,
+        qos: QoS,
+        stage: &[Stage],
+    ) -> Result<Option<usize>, ()> {
+        match st.inflight_pos(pid) {
+            None => Ok(None),
+            Some(i) if st.inflight[i].out.qos == qos && stage.contains(&st.inflight[i].stage) => {
+                Ok(Some(i))
+            }
+            Some(_) => Err(()),
+        }
+    }
+
+    fn wrong_ack(&mut self, packet: &str, pid: u16) {
+        self.fail(
+            ReasonCode::ProtocolError,
+            format!(
+                "{packet} for packet id {pid}, which is in flight in another QoS flow or stage \
+                 (MQTT-4.3.2, MQTT-4.3.3)"
+            ),
+        );
+    }
+
     fn on_puback(&mut self, a: Ack) {
         let mut st = self.session.lock();
-        if let Some(i) = st.inflight_pos(a.packet_id)
-            && st.inflight[i].out.qos == QoS::AtLeastOnce
-        {
-            self.complete(&mut st, i);
+        match Self::ack_target(&st, a.packet_id, QoS::AtLeastOnce, &[Stage::Published]) {
+            Ok(Some(i)) => self.complete(&mut st, i),
+            Ok(None) => {}
+            Err(()) => {
+                drop(st);
+                self.wrong_ack("PUBACK", a.packet_id);
+            }
         }
     }
 
     fn on_pubrec(&mut self, a: Ack) {
         let mut st = self.session.lock();
-        let pos = st
-            .inflight_pos(a.packet_id)
-            .filter(|i| st.inflight[*i].out.qos == QoS::ExactlyOnce);
+        // A repeated PUBREC (our PUBREL was lost or is crossing it) gets the PUBREL again.
+        let stages = [Stage::Published, Stage::Released];
+        let pos = match Self::ack_target(&st, a.packet_id, QoS::ExactlyOnce, &stages) {
+            Ok(pos) => pos,
+            Err(()) => {
+                drop(st);
+                return self.wrong_ack("PUBREC", a.packet_id);
+            }
+        };
         let Some(i) = pos else {
             drop(st);
             let reason = if self.v5() {
@@ -861,10 +901,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn on_pubcomp(&mut self, a: Ack) {
         let mut st = self.session.lock();
-        if let Some(i) = st.inflight_pos(a.packet_id)
-            && st.inflight[i].stage == Stage::Released
-        {
-            self.complete(&mut st, i);
+        match Self::ack_target(&st, a.packet_id, QoS::ExactlyOnce, &[Stage::Released]) {
+            Ok(Some(i)) => self.complete(&mut st, i),
+            Ok(None) => {}
+            Err(()) => {
+                drop(st);
+                self.wrong_ack("PUBCOMP", a.packet_id);
+            }
         }
     }
 

@@ -159,7 +159,10 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
             }
         }
         Packet::ConnAck(c) => {
-            s.u8(u8::from(c.session_present));
+            // 3.1 has no session present flag: the byte is reserved and 0.
+            s.u8(u8::from(
+                c.session_present && version != ProtocolVersion::V3_1,
+            ));
             if v5 {
                 s.u8(c.reason_code.as_u8());
                 put_props(s, &c.properties);

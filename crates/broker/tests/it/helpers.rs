@@ -127,6 +127,13 @@ impl TestBroker {
         }
     }
 
+    /// A connection that has sent nothing yet, decoding the broker's packets as `version`.
+    pub async fn raw_client(&self, version: ProtocolVersion) -> TestClient {
+        TestClient {
+            framed: Framed::new(self.raw().await, MqttCodec::new(version, u32::MAX)),
+        }
+    }
+
     pub async fn raw(&self) -> TcpStream {
         TcpStream::connect(self.addr).await.unwrap()
     }

@@ -12,6 +12,7 @@ mod interop_will;
 mod interop_ws;
 
 mod acl;
+mod conformance;
 mod connect;
 mod limits;
 mod local;
