@@ -317,3 +317,35 @@ async fn mqtt_4_3_3_duplicate_qos2_publish_in_flight_is_not_routed_again() {
     assert!(sub.sync().await.is_empty(), "delivered twice");
     publ.send(Packet::Disconnect(Disconnect::default())).await;
 }
+
+// ---- Flow control ----
+
+#[tokio::test]
+async fn mqtt_3_3_4_9_never_more_than_receive_maximum_in_flight() {
+    let b = TestBroker::start().await;
+    let mut sub = b.client("rm2").receive_maximum(2).connect().await;
+    sub.subscribe("flow", QoS::ExactlyOnce).await;
+    let mut publ = b.client("pub").connect().await;
+    for i in 0..6 {
+        let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        publ.publish("flow", &format!("m{i}"), qos, false).await;
+    }
+    let first = sub.expect_publish_noack().await;
+    let second = sub.expect_publish_noack().await;
+    assert!(sub.sync().await.is_empty(), "a third message exceeded Receive Maximum 2");
+    // A QoS 2 message holds its slot until PUBCOMP, not just PUBREC.
+    assert_eq!(second.qos, QoS::ExactlyOnce);
+    sub.send(Packet::PubRec(Ack::new(second.packet_id.unwrap()))).await;
+    assert!(matches!(sub.recv().await, Some(Packet::PubRel(_))));
+    assert!(sub.sync().await.is_empty(), "sent more while a PUBCOMP was due");
+    sub.send(Packet::PubComp(Ack::new(second.packet_id.unwrap()))).await;
+    assert_eq!(sub.expect_publish_noack().await.payload, "m2");
+    assert!(sub.sync().await.is_empty());
+    sub.ack(&first).await;
+    let mut rest = Vec::new();
+    for _ in 3..6 {
+        let p = sub.expect_publish().await;
+        rest.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    assert_eq!(rest, ["m3", "m4", "m5"]);
+}

@@ -6,6 +6,7 @@ mod helpers;
 // Interoperability with third-party clients (H3).
 mod interop;
 mod interop_auth;
+mod interop_flow;
 mod interop_mosquitto;
 mod interop_tls;
 mod interop_will;
