@@ -340,7 +340,7 @@ pub(crate) fn varint_len(v: u32) -> usize {
     }
 }
 
-fn put_varint(out: &mut BytesMut, mut v: u32) {
+pub(crate) fn put_varint(out: &mut BytesMut, mut v: u32) {
     loop {
         let mut byte = (v & 0x7F) as u8;
         v >>= 7;

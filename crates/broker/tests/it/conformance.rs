@@ -327,18 +327,30 @@ async fn mqtt_3_3_4_9_never_more_than_receive_maximum_in_flight() {
     sub.subscribe("flow", QoS::ExactlyOnce).await;
     let mut publ = b.client("pub").connect().await;
     for i in 0..6 {
-        let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
         publ.publish("flow", &format!("m{i}"), qos, false).await;
     }
     let first = sub.expect_publish_noack().await;
     let second = sub.expect_publish_noack().await;
-    assert!(sub.sync().await.is_empty(), "a third message exceeded Receive Maximum 2");
+    assert!(
+        sub.sync().await.is_empty(),
+        "a third message exceeded Receive Maximum 2"
+    );
     // A QoS 2 message holds its slot until PUBCOMP, not just PUBREC.
     assert_eq!(second.qos, QoS::ExactlyOnce);
-    sub.send(Packet::PubRec(Ack::new(second.packet_id.unwrap()))).await;
+    sub.send(Packet::PubRec(Ack::new(second.packet_id.unwrap())))
+        .await;
     assert!(matches!(sub.recv().await, Some(Packet::PubRel(_))));
-    assert!(sub.sync().await.is_empty(), "sent more while a PUBCOMP was due");
-    sub.send(Packet::PubComp(Ack::new(second.packet_id.unwrap()))).await;
+    assert!(
+        sub.sync().await.is_empty(),
+        "sent more while a PUBCOMP was due"
+    );
+    sub.send(Packet::PubComp(Ack::new(second.packet_id.unwrap())))
+        .await;
     assert_eq!(sub.expect_publish_noack().await.payload, "m2");
     assert!(sub.sync().await.is_empty());
     sub.ack(&first).await;
@@ -348,4 +360,83 @@ async fn mqtt_3_3_4_9_never_more_than_receive_maximum_in_flight() {
         rest.push(String::from_utf8(p.payload.to_vec()).unwrap());
     }
     assert_eq!(rest, ["m3", "m4", "m5"]);
+}
+
+// ---- Server-to-client topic aliases ----
+
+/// Receives the next PUBLISH and returns (topic, alias, payload).
+async fn aliased(c: &mut TestClient) -> (String, Option<u16>, String) {
+    let p = c.expect_publish().await;
+    (
+        p.topic.to_string(),
+        p.properties.topic_alias,
+        String::from_utf8(p.payload.to_vec()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn mqtt_3_3_2_3_4_server_assigns_topic_aliases_up_to_the_client_maximum() {
+    let b = TestBroker::start().await;
+    let mut with = b.client("aliases").topic_alias_maximum(2).connect().await;
+    with.subscribe("al/#", QoS::AtLeastOnce).await;
+    let mut without = b.client("plain").connect().await;
+    without.subscribe("al/#", QoS::AtMostOnce).await;
+    let mut publ = b.client("pub").connect().await;
+    // A single subscriber (encoded per connection) and two (the shared, patched frame), at
+    // QoS 0 and 1.
+    let steps = [
+        ("al/a", "1", QoS::AtMostOnce),
+        ("al/a", "2", QoS::AtLeastOnce),
+        ("al/b", "3", QoS::AtLeastOnce),
+        ("al/c", "4", QoS::AtMostOnce),
+        ("al/b", "5", QoS::AtMostOnce),
+    ];
+    for (topic, payload, qos) in steps {
+        publ.publish(topic, payload, qos, false).await;
+    }
+    let got = [
+        aliased(&mut with).await,
+        aliased(&mut with).await,
+        aliased(&mut with).await,
+        aliased(&mut with).await,
+        aliased(&mut with).await,
+    ];
+    let want = [
+        ("al/a", Some(1), "1"),
+        ("", Some(1), "2"),
+        ("al/b", Some(2), "3"),
+        // Both aliases are taken: no alias, full topic.
+        ("al/c", None, "4"),
+        ("", Some(2), "5"),
+    ];
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!((g.0.as_str(), g.1, g.2.as_str()), w);
+    }
+    for (topic, payload, _) in steps {
+        assert_eq!(
+            aliased(&mut without).await,
+            (topic.to_string(), None, payload.to_string())
+        );
+    }
+}
+
+#[tokio::test]
+async fn mqtt_3_3_2_3_4_alias_is_not_established_by_a_message_that_was_dropped() {
+    let b = TestBroker::start().await;
+    let mut small = b
+        .client("small")
+        .max_packet_size(40)
+        .topic_alias_maximum(4)
+        .connect()
+        .await;
+    small.subscribe("al/#", QoS::AtMostOnce).await;
+    let mut publ = b.client("pub").connect().await;
+    publ.publish("al/a", &"x".repeat(60), QoS::AtMostOnce, false)
+        .await;
+    publ.publish("al/a", "fits", QoS::AtMostOnce, false).await;
+    // The first delivery that reaches the client carries the topic.
+    assert_eq!(
+        aliased(&mut small).await,
+        ("al/a".into(), Some(1), "fits".into())
+    );
 }

@@ -186,6 +186,12 @@ impl ClientBuilder {
         self.connect.properties.receive_maximum = Some(n);
         self
     }
+    /// v5 Topic Alias Maximum: the broker may assign up to `n` aliases towards us.
+    pub fn topic_alias_maximum(mut self, n: u16) -> Self {
+        self.connect.properties.topic_alias_maximum = Some(n);
+        self
+    }
+
     pub fn max_packet_size(mut self, n: u32) -> Self {
         self.connect.properties.maximum_packet_size = Some(n);
         self
