@@ -7,7 +7,7 @@ use std::sync::{
 };
 
 use bytes::Bytes;
-use codec::{ByteStr, PublishProperties, QoS};
+use codec::{ByteStr, ProtocolVersion, Publish, PublishFrame, PublishProperties, QoS};
 use tokio::time::Instant;
 
 /// An application message, as [`crate::LocalClient`] publishes and receives it.
@@ -64,9 +64,10 @@ pub struct Publication {
     topic_arc: OnceLock<Arc<str>>,
     /// Set by the router when the message goes to more than one session: then each
     /// (protocol family, QoS) variant of the PUBLISH is encoded once and copied per
-    /// subscriber, with DUP, RETAIN and the packet id patched in.
+    /// subscriber, with DUP, RETAIN, the packet id and the topic alias patched in by codec.
     fanout: AtomicBool,
-    frames: OnceLock<Box<[OnceLock<Bytes>; 6]>>,
+    /// `None` inside: encoding failed (the connection then encodes the packet itself).
+    frames: OnceLock<Box<[OnceLock<Option<PublishFrame>>; 6]>>,
 }
 
 impl Publication {
@@ -106,11 +107,21 @@ impl Publication {
         self.fanout.load(Ordering::Relaxed)
     }
 
-    /// The shared encoded frame for (`v5`, `qos`), built by `encode` on first use; empty if
-    /// encoding failed.
-    pub fn frame(&self, v5: bool, qos: QoS, encode: impl FnOnce() -> Bytes) -> &Bytes {
+    /// The shared encoded PUBLISH for `version`'s family at `qos`, built on first use.
+    /// Per-delivery properties (message expiry, subscription identifiers) are not in it.
+    pub fn frame(&self, version: ProtocolVersion, qos: QoS) -> Option<&PublishFrame> {
+        let v5 = version.is_v5();
         let frames = self.frames.get_or_init(Default::default);
-        frames[usize::from(v5) * 3 + usize::from(qos.as_u8())].get_or_init(encode)
+        frames[usize::from(v5) * 3 + usize::from(qos.as_u8())]
+            .get_or_init(|| {
+                let mut template = Publish::new(self.topic.clone(), self.payload.clone());
+                template.qos = qos;
+                if v5 {
+                    template.properties = self.props.clone();
+                }
+                PublishFrame::new(template, version).ok()
+            })
+            .as_ref()
     }
 
     pub fn from_message(msg: Message, origin: u64) -> Publication {

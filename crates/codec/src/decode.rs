@@ -213,22 +213,30 @@ fn connect(r: &mut Reader) -> Result<Connect> {
         }
     };
     let v5 = protocol.is_v5();
+    // MQTT 3.1 predates most flag rules; its brokers (mosquitto included) accept what 3.1.1
+    // made malformed, so 3.1 CONNECTs are read leniently where 3.1 itself says nothing.
+    let v31 = protocol == ProtocolVersion::V3_1;
     let flags = r.u8()?;
-    if flags & 0x01 != 0 {
+    if flags & 0x01 != 0 && !v31 {
         return Err(DecodeError::Malformed(
             "CONNECT reserved flag must be zero (MQTT-3.1.2-3)",
         ));
     }
     let clean_start = flags & 0x02 != 0;
     let will_flag = flags & 0x04 != 0;
-    let will_qos = (flags >> 3) & 0x03;
-    let will_retain = flags & 0x20 != 0;
+    let mut will_qos = (flags >> 3) & 0x03;
+    let mut will_retain = flags & 0x20 != 0;
     let password_flag = flags & 0x40 != 0;
     let username_flag = flags & 0x80 != 0;
     if will_qos == 3 {
         return Err(DecodeError::Malformed(
             "will QoS must not be 3 (MQTT-3.1.2-14; v5 -12)",
         ));
+    }
+    if !will_flag && v31 {
+        // Meaningless without a will in 3.1.
+        will_qos = 0;
+        will_retain = false;
     }
     if !will_flag && will_qos != 0 {
         return Err(DecodeError::Malformed(
@@ -240,7 +248,7 @@ fn connect(r: &mut Reader) -> Result<Connect> {
             "will retain must be 0 when the will flag is 0 (MQTT-3.1.2-15; v5 -13)",
         ));
     }
-    if !v5 && password_flag && !username_flag {
+    if !v5 && !v31 && password_flag && !username_flag {
         return Err(DecodeError::Malformed(
             "password flag must be 0 when the user name flag is 0 (MQTT-3.1.2-22)",
         ));
@@ -269,12 +277,14 @@ fn connect(r: &mut Reader) -> Result<Connect> {
     } else {
         None
     };
-    let username = if username_flag {
+    // 3.1 clients may set the user name and password flags and omit the fields; the
+    // packet then simply ends there.
+    let username = if username_flag && !(v31 && r.remaining() == 0) {
         Some(r.string()?)
     } else {
         None
     };
-    let password = if password_flag {
+    let password = if password_flag && !(v31 && r.remaining() == 0) {
         Some(r.binary()?)
     } else {
         None

@@ -159,7 +159,10 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
             }
         }
         Packet::ConnAck(c) => {
-            s.u8(u8::from(c.session_present));
+            // 3.1 has no session present flag: the byte is reserved and 0.
+            s.u8(u8::from(
+                c.session_present && version != ProtocolVersion::V3_1,
+            ));
             if v5 {
                 s.u8(c.reason_code.as_u8());
                 put_props(s, &c.properties);
@@ -337,7 +340,7 @@ pub(crate) fn varint_len(v: u32) -> usize {
     }
 }
 
-fn put_varint(out: &mut BytesMut, mut v: u32) {
+pub(crate) fn put_varint(out: &mut BytesMut, mut v: u32) {
     loop {
         let mut byte = (v & 0x7F) as u8;
         v >>= 7;

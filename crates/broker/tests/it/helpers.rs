@@ -127,6 +127,13 @@ impl TestBroker {
         }
     }
 
+    /// A connection that has sent nothing yet, decoding the broker's packets as `version`.
+    pub async fn raw_client(&self, version: ProtocolVersion) -> TestClient {
+        TestClient {
+            framed: Framed::new(self.raw().await, MqttCodec::new(version, u32::MAX)),
+        }
+    }
+
     pub async fn raw(&self) -> TcpStream {
         TcpStream::connect(self.addr).await.unwrap()
     }
@@ -179,6 +186,12 @@ impl ClientBuilder {
         self.connect.properties.receive_maximum = Some(n);
         self
     }
+    /// v5 Topic Alias Maximum: the broker may assign up to `n` aliases towards us.
+    pub fn topic_alias_maximum(mut self, n: u16) -> Self {
+        self.connect.properties.topic_alias_maximum = Some(n);
+        self
+    }
+
     pub fn max_packet_size(mut self, n: u32) -> Self {
         self.connect.properties.maximum_packet_size = Some(n);
         self

@@ -6,12 +6,14 @@ mod helpers;
 // Interoperability with third-party clients (H3).
 mod interop;
 mod interop_auth;
+mod interop_flow;
 mod interop_mosquitto;
 mod interop_tls;
 mod interop_will;
 mod interop_ws;
 
 mod acl;
+mod conformance;
 mod connect;
 mod limits;
 mod local;

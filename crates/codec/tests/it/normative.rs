@@ -485,3 +485,46 @@ fn several_packets_in_one_buffer_decode_in_order() {
     assert_eq!(decode(&mut buf, V3, 100), Ok(None));
     assert_eq!(&buf[..], &[0xE0]);
 }
+
+/// A 3.1 CONNECT (client id "c") with `flags` and `tail` after the client id.
+fn connect_v3(flags: u8, tail: &[u8]) -> Vec<u8> {
+    raw(
+        0x10,
+        &cat(&[&s(b"MQIsdp"), &[3, flags, 0, 60], &s(b"c"), tail]),
+    )
+}
+
+#[test]
+fn mqtt_3_1_connect_is_read_as_leniently_as_3_1_allows() {
+    let ok = |flags: u8, tail: &[u8]| match dec(&connect_v3(flags, tail), None) {
+        Ok(Packet::Connect(c)) => *c,
+        other => panic!("flags {flags:#04x}: {other:?}"),
+    };
+    // Reserved bit and will QoS/retain without a will: ignored.
+    assert!(ok(0x03, &[]).clean_start);
+    assert!(ok(0x02 | 0x08 | 0x20, &[]).will.is_none());
+    // A password without a user name.
+    let c = ok(0x42, &s(b"pw"));
+    assert_eq!(
+        (c.username, c.password.as_deref()),
+        (None, Some(&b"pw"[..]))
+    );
+    // Flags set, fields omitted.
+    let c = ok(0xC2, &[]);
+    assert_eq!((c.username, c.password), (None, None));
+    let c = ok(0xC2, &s(b"u"));
+    assert_eq!((c.username.as_deref(), c.password), (Some("u"), None));
+    // Will QoS 3 stays malformed in every version.
+    malformed(dec(&connect_v3(0x02 | 0x04 | 0x18, &[]), None));
+}
+
+#[test]
+fn mqtt_3_1_connack_byte_1_is_zero_even_for_a_resumed_session() {
+    let mut out = BytesMut::new();
+    let ack = Packet::ConnAck(ConnAck::new(ReasonCode::Success, true));
+    encode(&ack, ProtocolVersion::V3_1, &mut out).unwrap();
+    assert_eq!(&out[..], &[0x20, 0x02, 0x00, 0x00]);
+    out.clear();
+    encode(&ack, ProtocolVersion::V3_1_1, &mut out).unwrap();
+    assert_eq!(&out[..], &[0x20, 0x02, 0x01, 0x00]);
+}

@@ -98,7 +98,12 @@ fn v5_password_without_user_name_round_trips() {
 #[test]
 fn connack_all_versions_and_codes() {
     for v in ALL {
-        roundtrip(&Packet::ConnAck(ConnAck::new(ReasonCode::Success, true)), v);
+        // 3.1 has no session present flag (the byte is 0 on the wire).
+        let session_present = v != ProtocolVersion::V3_1;
+        roundtrip(
+            &Packet::ConnAck(ConnAck::new(ReasonCode::Success, session_present)),
+            v,
+        );
         for code in [
             ReasonCode::UnsupportedProtocolVersion,
             ReasonCode::ClientIdentifierNotValid,
