@@ -17,6 +17,8 @@ use server::{
     runtime::{Server, ServerOptions},
 };
 
+use crate::process::{DataDirLock, raise_nofile_limit, shutdown_signal};
+
 /// Loopback only: `up` is a demo on this machine; `--listen` opens it up.
 const DEFAULT_LISTENERS: [&str; 3] = [
     "https://127.0.0.1:8443",
@@ -48,13 +50,19 @@ pub struct Up {
     pub agent: Option<agent::agent::AgentHandle>,
     pub data_dir: PathBuf,
     password: PasswordNote,
+    /// Held while the server runs; released after `shutdown` has closed the journal.
+    _lock: DataDirLock,
 }
 
 impl Up {
     /// Starts the server and the demo device (the device failing to start is reported, not fatal).
     pub async fn start(args: Args) -> anyhow::Result<Up> {
         let data_dir = args.data.unwrap_or_else(store::default_data_dir);
-        let config = ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?;
+        // Before anything opens the journal or the database: a second `up` stops here.
+        let lock = DataDirLock::acquire(&data_dir)?;
+        let nofile = raise_nofile_limit()?;
+        let mut config = ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?;
+        super::server::fit_max_connections(&mut config, &nofile);
         let listen = if args.listen.is_empty() {
             DEFAULT_LISTENERS.iter().map(|s| s.to_string()).collect()
         } else {
@@ -82,6 +90,7 @@ impl Up {
             agent,
             data_dir,
             password,
+            _lock: lock,
         })
     }
 
@@ -101,8 +110,7 @@ impl Up {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let up = Up::start(args).await?;
     print_welcome(&up.running, &up.data_dir, &up.password)?;
-    let signal = shutdown_signal().await?;
-    tracing::info!("{signal}: shutting down");
+    shutdown_signal().await;
     up.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -112,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn admin_password(data_dir: &Path, created: Option<&str>) -> anyhow::Result<PasswordNote> {
     let path = data_dir.join(PASSWORD_FILE);
     if let Some(password) = created {
-        proto::bundle::write_private(&path, password.as_bytes())
+        fsutil::write_atomic(&path, password.as_bytes(), 0o600)
             .with_context(|| format!("cannot write {}", path.display()))?;
         return Ok(PasswordNote::Known {
             password: password.to_string(),
@@ -298,26 +306,6 @@ fn print_welcome(
     writeln!(out, "  Data in {}. Stop with Ctrl-C.", data_dir.display())?;
     out.flush()?;
     Ok(())
-}
-
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")?;
-        Ok("Ctrl-C")
-    }
 }
 
 #[cfg(test)]
