@@ -31,6 +31,11 @@ pub const DEMO_DEVICE: &str = "demo";
 pub const PASSWORD_FILE: &str = "up-admin-password";
 /// The demo agent's directory inside the data directory (bundle, outbox, simulated lines).
 pub const DEMO_DIR: &str = "up-demo";
+/// Written (atomically) once the server and the demo device are up, removed at shutdown: the
+/// same JSON as the [`READY_PREFIX`] line, for scripts that do not read stdout.
+pub const READY_FILE: &str = "ready.json";
+/// Starts the one machine-readable line on stdout: `DEVICECLOUD_READY {json}`.
+pub const READY_PREFIX: &str = "DEVICECLOUD_READY ";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -60,6 +65,8 @@ impl Up {
         let data_dir = args.data.unwrap_or_else(store::default_data_dir);
         // Before anything opens the journal or the database: a second `up` stops here.
         let lock = DataDirLock::acquire(&data_dir)?;
+        // A ready file left by a killed run would describe ports that are gone.
+        remove_ready_file(&data_dir);
         let nofile = raise_nofile_limit()?;
         let mut config = ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?;
         super::server::fit_max_connections(&mut config, &nofile);
@@ -94,8 +101,51 @@ impl Up {
         })
     }
 
+    /// What scripts need to use this `up`: addresses, the login, the CA. No secret: the
+    /// password stays in its 0600 file, named here.
+    pub fn ready_info(&self) -> serde_json::Value {
+        let listener = |kind: ListenerKind| {
+            self.running
+                .listeners
+                .iter()
+                .find(|l| l.kind == kind)
+                .map(|l| l.url.clone())
+        };
+        let password_file = match &self.password {
+            PasswordNote::Known { path, .. } => Some(path.display().to_string()),
+            PasswordNote::Unknown => None,
+        };
+        serde_json::json!({
+            "url": api_url(&self.running).ok().map(|url| format!("{url}/")),
+            "https": listener(ListenerKind::Https),
+            "http": listener(ListenerKind::Http),
+            "mqtts": listener(ListenerKind::Mqtts),
+            "mqtt": listener(ListenerKind::Mqtt),
+            "user": "admin",
+            "password_file": password_file,
+            "ca_cert": self.running.ctx.ca.cert_path().display().to_string(),
+            "ca_sha256": self.running.ca_fingerprint(),
+            "demo_device": self.agent.as_ref().map(|_| DEMO_DEVICE),
+            "data": self.data_dir.display().to_string(),
+            "pid": std::process::id(),
+        })
+    }
+
+    /// Prints the ready line and writes the ready file.
+    fn announce_ready(&self) -> anyhow::Result<()> {
+        let info = self.ready_info().to_string();
+        let path = self.data_dir.join(READY_FILE);
+        fsutil::write_atomic(&path, info.as_bytes(), 0o600)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{READY_PREFIX}{info}")?;
+        out.flush()?;
+        Ok(())
+    }
+
     /// Stops the device first (it says goodbye while the broker is still there), then the server.
     pub async fn shutdown(self) {
+        remove_ready_file(&self.data_dir);
         if let Some(agent) = self.agent
             && tokio::time::timeout(Duration::from_secs(5), agent.shutdown())
                 .await
@@ -110,9 +160,21 @@ impl Up {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let up = Up::start(args).await?;
     print_welcome(&up.running, &up.data_dir, &up.password)?;
+    up.announce_ready()?;
     shutdown_signal().await;
     up.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+fn remove_ready_file(data_dir: &Path) {
+    match std::fs::remove_file(data_dir.join(READY_FILE)) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!(
+            "cannot remove {}: {err}",
+            data_dir.join(READY_FILE).display()
+        ),
+    }
 }
 
 /// What to print for the admin's password: the one created now (and kept in
