@@ -175,7 +175,7 @@ impl Outputs {
         match self.set(name, &command.value) {
             Ok(actual) => {
                 self.desired.insert(name.to_string(), command.value.clone());
-                if let Err(err) = crate::fsutil::write_atomic(
+                if let Err(err) = ::fsutil::write_atomic(
                     &self.desired_file,
                     &serde_json::to_vec_pretty(&self.desired).unwrap_or_default(),
                     0o600,

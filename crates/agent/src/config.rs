@@ -416,15 +416,12 @@ impl AgentConfig {
     /// Parses and validates a config; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<AgentConfig, ConfigError> {
         let config: AgentConfig = toml::from_str(text).map_err(|err| {
-            let line = err.span().map(|span| line_of(text, span.start));
-            let message = err.message().trim().to_string();
-            let key = unknown_field(&message)
-                .or_else(|| err.span().and_then(|span| key_at(text, span.start)));
+            let location = fsutil::toml_location(text, &err);
             ConfigError::Invalid {
                 origin: origin.to_string(),
-                line,
-                key,
-                message,
+                line: location.line,
+                key: location.key,
+                message: location.message,
             }
         })?;
         config.validate(&Locator { text, origin })?;
@@ -643,33 +640,6 @@ impl Locator<'_> {
             message,
         }
     }
-}
-
-fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    Some(rest.split('`').next()?.to_string())
-}
-
-/// The key assigned on the line containing byte `offset` (`key = value`).
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(text.len());
-    let start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let end = text[offset..]
-        .find('\n')
-        .map(|i| offset + i)
-        .unwrap_or(text.len());
-    let line = &text[start..end];
-    let (key, _) = line.split_once('=')?;
-    let key = key.trim().trim_matches('"');
-    (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 #[cfg(test)]

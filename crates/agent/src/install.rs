@@ -151,7 +151,7 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
             source,
         })?;
     }
-    crate::fsutil::write_atomic(path, bytes, mode).map_err(|source| InstallError::Write {
+    ::fsutil::write_atomic(path, bytes, mode).map_err(|source| InstallError::Write {
         path: path.into(),
         source,
     })

@@ -102,7 +102,12 @@ impl AgentStatus {
 
     pub fn write(&self, data_dir: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(self).unwrap_or_default();
-        crate::fsutil::write_replace(&AgentStatus::path(data_dir), &json, 0o644, false)
+        ::fsutil::write_atomic_with(
+            &AgentStatus::path(data_dir),
+            &json,
+            0o644,
+            ::fsutil::Durability::Unsynced,
+        )
     }
 
     /// Reads the status file of an agent using `data_dir`.

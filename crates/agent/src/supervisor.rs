@@ -474,7 +474,7 @@ impl Write for RotatingLog {
 pub fn service_env(bundle: &Bundle, dir: &Path) -> std::io::Result<Vec<(String, String)>> {
     std::fs::create_dir_all(dir)?;
     let ca = dir.join("ca.pem");
-    crate::fsutil::write_atomic(&ca, bundle.ca_pem.as_bytes(), 0o600)?;
+    ::fsutil::write_atomic(&ca, bundle.ca_pem.as_bytes(), 0o600)?;
     let mut env = vec![
         (
             "DEVICECLOUD_BROKER_URL".to_string(),
@@ -490,8 +490,8 @@ pub fn service_env(bundle: &Bundle, dir: &Path) -> std::io::Result<Vec<(String, 
         Credentials::Certificate { cert_pem, key_pem } => {
             let cert = dir.join("device.crt");
             let key = dir.join("device.key");
-            crate::fsutil::write_atomic(&cert, cert_pem.as_bytes(), 0o600)?;
-            crate::fsutil::write_atomic(&key, key_pem.as_bytes(), 0o600)?;
+            ::fsutil::write_atomic(&cert, cert_pem.as_bytes(), 0o600)?;
+            ::fsutil::write_atomic(&key, key_pem.as_bytes(), 0o600)?;
             env.push(("DEVICECLOUD_CERT_FILE".into(), cert.display().to_string()));
             env.push(("DEVICECLOUD_KEY_FILE".into(), key.display().to_string()));
         }

@@ -150,45 +150,13 @@ impl BrokerFileConfig {
 }
 
 fn locate(path: &Path, text: &str, err: &toml::de::Error) -> InvalidConfig {
-    let message = err.message().trim().to_owned();
-    let Some(span) = err.span() else {
-        return InvalidConfig {
-            path: path.to_owned(),
-            line: 0,
-            column: 0,
-            key: None,
-            message,
-        };
-    };
-    let start = span.start.min(text.len());
-    let before = &text[..start];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = text[line_start..start].chars().count() + 1;
-    let line_text = text[line_start..].lines().next().unwrap_or("");
-    // The key is what precedes `=` on that line, qualified by the table header above it.
-    let key = line_text
-        .split_once('=')
-        .map(|(key, _)| key.trim().to_owned())
-        .filter(|k| !k.is_empty())
-        .map(|key| {
-            let table = before
-                .lines()
-                .rev()
-                .map(str::trim)
-                .find(|l| l.starts_with('[') && l.ends_with(']'))
-                .map(|header| header.trim_matches(['[', ']']).trim().to_owned());
-            match table {
-                Some(table) if !table.is_empty() => format!("{table}.{key}"),
-                _ => key,
-            }
-        });
+    let location = fsutil::toml_location(text, err);
     InvalidConfig {
         path: path.to_owned(),
-        line,
-        column,
-        key,
-        message,
+        line: location.line.unwrap_or(0),
+        column: location.column.unwrap_or(0),
+        key: location.qualified_key(),
+        message: location.message,
     }
 }
 

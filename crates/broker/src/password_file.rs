@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{self, Write},
+    io,
     path::{Path, PathBuf},
     sync::{Arc, OnceLock, RwLock},
 };
@@ -142,9 +142,11 @@ impl PasswordFile {
         if !replaced {
             out.push_str(&format!("{user}:{hash}\n"));
         }
-        write_atomically(path, out.as_bytes()).map_err(|source| PasswordFileError::Write {
-            path: path.to_owned(),
-            source,
+        fsutil::write_atomic(path, out.as_bytes(), 0o600).map_err(|source| {
+            PasswordFileError::Write {
+                path: path.to_owned(),
+                source,
+            }
         })
     }
 }
@@ -180,35 +182,6 @@ fn validate_user(user: &str) -> Result<(), PasswordFileError> {
     } else {
         Err(PasswordFileError::InvalidUser(user.to_owned()))
     }
-}
-
-fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("passwd");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let result = (|| {
-        let mut file = options.open(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// The standalone broker's authenticator: users from a [`PasswordFile`], optionally

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod process;
 
 #[derive(Debug, Parser)]
 #[command(

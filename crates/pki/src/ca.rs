@@ -307,7 +307,9 @@ impl Ca {
 }
 
 /// Letters, digits and hyphens in dot-separated labels of at most 63 bytes (`*.` prefix allowed).
-fn is_dns_name(name: &str) -> bool {
+/// Whether `name` can go into a certificate as a DNS name: labels of letters, digits and
+/// inner hyphens, at most 63 bytes each and 253 in all, optionally under a `*.` wildcard.
+pub fn is_dns_name(name: &str) -> bool {
     let name = name.strip_prefix("*.").unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253

@@ -5,7 +5,7 @@ mod ca;
 mod cert;
 mod files;
 
-pub use ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, IssuedCert, SignedCert};
+pub use ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, IssuedCert, SignedCert, is_dns_name};
 pub use cert::{CertInfo, cert_info, generate_csr, needs_renewal, sha256_hex};
 pub use files::{write_private_file, write_public_file};
 

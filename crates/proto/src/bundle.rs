@@ -15,7 +15,6 @@
 
 use std::{
     fmt,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -233,69 +232,25 @@ impl Bundle {
     /// Replaces the file atomically if it exists.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), BundleError> {
         let path = path.as_ref();
-        write_private(path, self.to_toml().as_bytes()).map_err(|source| BundleError::Write {
-            path: path.to_path_buf(),
-            source,
+        fsutil::write_atomic(path, self.to_toml().as_bytes(), 0o600).map_err(|source| {
+            BundleError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
         })
     }
 }
 
-/// Writes `contents` to `path` with mode 0600 (owner only), via a temporary file in the same
-/// directory and a rename, so readers never see a partial file.
-pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let result = (|| {
-        let mut file = options.open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 fn parse_raw(text: &str, origin: &str) -> Result<RawBundle, BundleError> {
     toml::from_str::<RawBundle>(text).map_err(|err| {
-        let line = err.span().map(|span| line_of(text, span.start));
-        let message = err.message().trim().to_string();
-        let key = unknown_field(&message);
+        let location = fsutil::toml_location(text, &err);
         BundleError::Invalid {
             origin: origin.to_string(),
-            line,
-            key,
-            message,
+            line: location.line,
+            key: location.key,
+            message: location.message,
         }
     })
-}
-
-fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    Some(rest.split('`').next()?.to_string())
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 struct Ctx<'a> {

@@ -193,14 +193,14 @@ impl ServerConfig {
 
     pub fn parse(text: &str, path: &Path) -> Result<ServerConfig, ConfigError> {
         let config: ServerConfig = toml::from_str(text).map_err(|err| {
-            let line = err
-                .span()
-                .map(|span| line_of(text, span.start))
-                .unwrap_or(1);
+            let location = fsutil::toml_location(text, &err);
             ConfigError::Parse {
                 path: path.to_owned(),
-                line,
-                message: err.message().to_owned(),
+                line: location.line.unwrap_or(1),
+                message: match location.qualified_key() {
+                    Some(key) => format!("key `{key}`: {}", location.message),
+                    None => location.message,
+                },
             }
         })?;
         config.validate().map_err(|message| ConfigError::Invalid {
@@ -279,7 +279,7 @@ impl ServerConfig {
         // certificate; leave it out rather than fail the start.
         if let Ok(name) = hostname::get()
             && let Some(name) = name.to_str()
-            && is_dns_name(name)
+            && pki::is_dns_name(name)
         {
             names.push(name.to_owned());
         }
@@ -418,20 +418,6 @@ impl ServerConfig {
     }
 }
 
-fn is_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
 fn toml_list(items: impl Iterator<Item = String>) -> String {
     format!("[{}]", items.collect::<Vec<_>>().join(", "))
 }
@@ -444,14 +430,6 @@ fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
         }
     }
     out
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 /// What a listener URL serves.

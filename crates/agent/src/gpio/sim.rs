@@ -162,7 +162,9 @@ impl SimGpio {
                 let guard = self.lock();
                 serde_json::to_vec_pretty(&guard.0).unwrap_or_default()
             };
-            if let Err(err) = crate::fsutil::write_replace(path, &json, 0o644, false) {
+            if let Err(err) =
+                ::fsutil::write_atomic_with(path, &json, 0o644, ::fsutil::Durability::Unsynced)
+            {
                 tracing::warn!(path = %path.display(), %err, "cannot write the simulated GPIO state file");
             }
         }

@@ -14,6 +14,8 @@ use agent::{
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
+use crate::process::shutdown_signal;
+
 const DEFAULT_CONFIG: &str = "/etc/devicecloud/agent.toml";
 
 #[derive(Debug, clap::Args)]
@@ -284,7 +286,10 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let data_dir = config.data_dir.clone();
     let simulated = args.simulate || config.gpio.backend == agent::config::GpioBackend::Simulated;
-    let handle = Agent::start(config, bundle, gpio, shutdown_signal()).await?;
+    let handle = Agent::start(config, bundle, gpio, async {
+        shutdown_signal().await;
+    })
+    .await?;
     let _ = sd_notify(&[SdState::Ready]);
     tracing::info!(data_dir = %data_dir.display(), "agent running");
     if simulated {
@@ -314,19 +319,4 @@ fn sd_notify(states: &[SdState]) -> std::io::Result<()> {
         })
         .collect();
     sd_notify::notify(false, &states)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -22,6 +22,8 @@ use broker::{
     tls::{ReloadableTls, TlsSettings},
 };
 
+use crate::process::{DataDirLock, raise_nofile_limit, shutdown_signal};
+
 const DEFAULT_LISTEN: &str = "mqtt://127.0.0.1:1883";
 
 #[derive(Debug, clap::Args)]
@@ -125,6 +127,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return passwd(file, user);
     }
     let settings = Settings::resolve(args)?;
+    // Before the journal is opened: a second broker on the same --data stops here.
+    let _lock = settings
+        .data
+        .as_deref()
+        .map(DataDirLock::acquire)
+        .transpose()?;
+    let nofile = raise_nofile_limit()?;
     let tls = match &settings.tls {
         Some(tls) => {
             Some(ReloadableTls::load(tls.clone()).context("cannot load the TLS certificate")?)
@@ -193,15 +202,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .filter(|_| settings.password_file.is_some()),
     );
     let options = ServeOptions {
-        max_connections: settings
-            .max_connections
-            .unwrap_or(ServeOptions::default().max_connections),
+        max_connections: nofile.max_connections(
+            settings.max_connections,
+            ServeOptions::default().max_connections,
+        ),
         handshake_timeout: settings
             .handshake_timeout
             .unwrap_or(ServeOptions::default().handshake_timeout),
         ..ServeOptions::default()
     };
-    broker::listener::serve_with(broker, listeners, options, shutdown_signal()).await;
+    broker::listener::serve_with(broker, listeners, options, async {
+        shutdown_signal().await;
+    })
+    .await;
     tracing::info!("broker stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -437,27 +450,6 @@ fn join(urls: &[&ListenUrl]) -> String {
 }
 
 /// SIGTERM or SIGINT (Ctrl-C): stop gracefully.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-                }
-            }
-            Err(err) => {
-                tracing::warn!("cannot listen for SIGTERM ({err}); stop with Ctrl-C");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 #[cfg(unix)]
 fn spawn_sighup_handler(passwords: Option<Arc<PasswordFileAuth>>) {
     use tokio::signal::unix::{SignalKind, signal};

@@ -9,6 +9,8 @@ use server::{
     runtime::{Server, ServerOptions},
 };
 
+use crate::process::{DataDirLock, NofileLimit, raise_nofile_limit, shutdown_signal};
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Configuration file (TOML). Default: server.toml in the data directory, if present.
@@ -36,10 +38,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let data_dir = args.data.unwrap_or_else(store::default_data_dir);
-    let config = match &args.config {
+    // Before anything opens the journal or the database: a second server stops here.
+    let _lock = DataDirLock::acquire(&data_dir)?;
+    let nofile = raise_nofile_limit()?;
+    let mut config = match &args.config {
         Some(path) => ServerConfig::load(path)?,
         None => ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?,
     };
+    fit_max_connections(&mut config, &nofile);
     let mut options = ServerOptions::new(config, &data_dir);
     options.listen = args.listen;
     let running = Server::start(options).await.with_context(|| {
@@ -75,28 +81,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     out.flush()?;
     drop(out);
 
-    let signal = shutdown_signal().await?;
-    tracing::info!("{signal}: shutting down");
+    shutdown_signal().await;
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")?;
-        Ok("Ctrl-C")
-    }
+/// Caps the default `limits.max_connections` to what the open-files limit can serve (an
+/// explicit setting is kept, with a warning).
+pub fn fit_max_connections(config: &mut ServerConfig, nofile: &NofileLimit) {
+    let default = server::runtime::default_limits()
+        .max_connections
+        .unwrap_or(usize::MAX);
+    config.limits.max_connections =
+        Some(nofile.max_connections(config.limits.max_connections, default));
 }

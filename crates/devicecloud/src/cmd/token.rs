@@ -20,18 +20,13 @@ pub enum Command {
     Create {
         name: String,
         /// admin, operator or viewer.
-        #[arg(long, default_value = "viewer", value_parser = parse_role)]
+        #[arg(long, default_value = "viewer")]
         role: Role,
     },
     /// List tokens (names and roles; the tokens themselves are not stored).
     List,
     /// Revoke a token; it stops working at once.
     Revoke { name: String },
-}
-
-fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse()
-        .map_err(|e: proto::acl::UnknownRole| e.to_string())
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -17,6 +17,8 @@ use server::{
     runtime::{Server, ServerOptions},
 };
 
+use crate::process::{DataDirLock, raise_nofile_limit, shutdown_signal};
+
 /// Loopback only: `up` is a demo on this machine; `--listen` opens it up.
 const DEFAULT_LISTENERS: [&str; 3] = [
     "https://127.0.0.1:8443",
@@ -29,6 +31,11 @@ pub const DEMO_DEVICE: &str = "demo";
 pub const PASSWORD_FILE: &str = "up-admin-password";
 /// The demo agent's directory inside the data directory (bundle, outbox, simulated lines).
 pub const DEMO_DIR: &str = "up-demo";
+/// Written (atomically) once the server and the demo device are up, removed at shutdown: the
+/// same JSON as the [`READY_PREFIX`] line, for scripts that do not read stdout.
+pub const READY_FILE: &str = "ready.json";
+/// Starts the one machine-readable line on stdout: `DEVICECLOUD_READY {json}`.
+pub const READY_PREFIX: &str = "DEVICECLOUD_READY ";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -48,13 +55,21 @@ pub struct Up {
     pub agent: Option<agent::agent::AgentHandle>,
     pub data_dir: PathBuf,
     password: PasswordNote,
+    /// Held while the server runs; released after `shutdown` has closed the journal.
+    _lock: DataDirLock,
 }
 
 impl Up {
     /// Starts the server and the demo device (the device failing to start is reported, not fatal).
     pub async fn start(args: Args) -> anyhow::Result<Up> {
         let data_dir = args.data.unwrap_or_else(store::default_data_dir);
-        let config = ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?;
+        // Before anything opens the journal or the database: a second `up` stops here.
+        let lock = DataDirLock::acquire(&data_dir)?;
+        // A ready file left by a killed run would describe ports that are gone.
+        remove_ready_file(&data_dir);
+        let nofile = raise_nofile_limit()?;
+        let mut config = ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?;
+        super::server::fit_max_connections(&mut config, &nofile);
         let listen = if args.listen.is_empty() {
             DEFAULT_LISTENERS.iter().map(|s| s.to_string()).collect()
         } else {
@@ -82,11 +97,55 @@ impl Up {
             agent,
             data_dir,
             password,
+            _lock: lock,
         })
+    }
+
+    /// What scripts need to use this `up`: addresses, the login, the CA. No secret: the
+    /// password stays in its 0600 file, named here.
+    pub fn ready_info(&self) -> serde_json::Value {
+        let listener = |kind: ListenerKind| {
+            self.running
+                .listeners
+                .iter()
+                .find(|l| l.kind == kind)
+                .map(|l| l.url.clone())
+        };
+        let password_file = match &self.password {
+            PasswordNote::Known { path, .. } => Some(path.display().to_string()),
+            PasswordNote::Unknown => None,
+        };
+        serde_json::json!({
+            "url": api_url(&self.running).ok().map(|url| format!("{url}/")),
+            "https": listener(ListenerKind::Https),
+            "http": listener(ListenerKind::Http),
+            "mqtts": listener(ListenerKind::Mqtts),
+            "mqtt": listener(ListenerKind::Mqtt),
+            "user": "admin",
+            "password_file": password_file,
+            "ca_cert": self.running.ctx.ca.cert_path().display().to_string(),
+            "ca_sha256": self.running.ca_fingerprint(),
+            "demo_device": self.agent.as_ref().map(|_| DEMO_DEVICE),
+            "data": self.data_dir.display().to_string(),
+            "pid": std::process::id(),
+        })
+    }
+
+    /// Prints the ready line and writes the ready file.
+    fn announce_ready(&self) -> anyhow::Result<()> {
+        let info = self.ready_info().to_string();
+        let path = self.data_dir.join(READY_FILE);
+        fsutil::write_atomic(&path, info.as_bytes(), 0o600)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{READY_PREFIX}{info}")?;
+        out.flush()?;
+        Ok(())
     }
 
     /// Stops the device first (it says goodbye while the broker is still there), then the server.
     pub async fn shutdown(self) {
+        remove_ready_file(&self.data_dir);
         if let Some(agent) = self.agent
             && tokio::time::timeout(Duration::from_secs(5), agent.shutdown())
                 .await
@@ -101,10 +160,21 @@ impl Up {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let up = Up::start(args).await?;
     print_welcome(&up.running, &up.data_dir, &up.password)?;
-    let signal = shutdown_signal().await?;
-    tracing::info!("{signal}: shutting down");
+    up.announce_ready()?;
+    shutdown_signal().await;
     up.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+fn remove_ready_file(data_dir: &Path) {
+    match std::fs::remove_file(data_dir.join(READY_FILE)) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!(
+            "cannot remove {}: {err}",
+            data_dir.join(READY_FILE).display()
+        ),
+    }
 }
 
 /// What to print for the admin's password: the one created now (and kept in
@@ -112,7 +182,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn admin_password(data_dir: &Path, created: Option<&str>) -> anyhow::Result<PasswordNote> {
     let path = data_dir.join(PASSWORD_FILE);
     if let Some(password) = created {
-        proto::bundle::write_private(&path, password.as_bytes())
+        fsutil::write_atomic(&path, password.as_bytes(), 0o600)
             .with_context(|| format!("cannot write {}", path.display()))?;
         return Ok(PasswordNote::Known {
             password: password.to_string(),
@@ -298,26 +368,6 @@ fn print_welcome(
     writeln!(out, "  Data in {}. Stop with Ctrl-C.", data_dir.display())?;
     out.flush()?;
     Ok(())
-}
-
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")?;
-        Ok("Ctrl-C")
-    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub enum Command {
     Add {
         name: String,
         /// admin (everything), operator (read everything, send commands), viewer (read only).
-        #[arg(long, value_parser = parse_role)]
+        #[arg(long)]
         role: Role,
     },
     /// List users and their roles.
@@ -34,11 +34,6 @@ pub enum Command {
     Remove { name: String },
     /// Change a user's password (read like for add); their sessions end.
     Passwd { name: String },
-}
-
-fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse()
-        .map_err(|e: proto::acl::UnknownRole| e.to_string())
 }
 
 /// Reads a new password: one line from stdin if it is not a terminal, else prompted twice.

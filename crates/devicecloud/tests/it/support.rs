@@ -1,22 +1,9 @@
 //! Running the real `devicecloud` binary and third-party clients as subprocesses, waiting on
 //! their output lines with deadlines.
-//!
-//! Finding the binary: `CARGO_BIN_EXE_devicecloud` only exists for tests of the package that
-//! owns the binary, so this crate locates it itself:
-//! 1. `DEVICECLOUD_BIN`, if set, is used as is;
-//! 2. otherwise `cargo build -p devicecloud --bin devicecloud` is run once per test process
-//!    (a no-op when it is up to date; `cargo nextest` releases the build lock while tests run,
-//!    so this works there; nextest runs each test in its own process, so sibling tests may
-//!    briefly wait for each other's build). Under plain `cargo test`, which holds the lock,
-//!    the nested build would wait forever: outside nextest, when cargo reports it is blocked
-//!    on the lock, the build is abandoned and the binary already in the target directory is
-//!    used (`cargo test --workspace` has just built it).
 
 use std::{
-    io::{BufRead, BufReader as StdBufReader},
     path::PathBuf,
     process::{ExitStatus, Stdio},
-    sync::OnceLock,
     time::Duration,
 };
 
@@ -28,78 +15,9 @@ use tokio::{
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The binary cargo built for this test run.
 pub fn devicecloud_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("DEVICECLOUD_BIN") {
-            return PathBuf::from(bin);
-        }
-        // target/<profile>/deps/it-<hash> -> target/<profile>/devicecloud
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target/<profile>/deps layout");
-        let bin = profile_dir.join(format!("devicecloud{}", std::env::consts::EXE_SUFFIX));
-        build_devicecloud();
-        assert!(
-            bin.exists(),
-            "{} does not exist: run `cargo build -p devicecloud` first, or set DEVICECLOUD_BIN",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
-}
-
-fn build_devicecloud() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut command = std::process::Command::new(cargo);
-    // The variables cargo/nextest set for *this test* must not leak into the nested build:
-    // a crate reading one of them would get a different fingerprint and be rebuilt.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let per_test = [
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_MANIFEST_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_",
-        ]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
-            || name == "CARGO_TARGET_TMPDIR"
-            || name.starts_with("NEXTEST")
-            || name.starts_with("__NEXTEST");
-        if per_test {
-            command.env_remove(name.as_ref());
-        }
-    }
-    let mut child = command
-        .args(["build", "-p", "devicecloud", "--bin", "devicecloud"])
-        .current_dir(workspace)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run cargo build");
-    let stderr = StdBufReader::new(child.stderr.take().expect("piped"));
-    for line in stderr.lines().map_while(Result::ok) {
-        if line.contains("Blocking waiting for file lock")
-            && std::env::var_os("NEXTEST_RUN_ID").is_none()
-            && std::env::var_os("NEXTEST").is_none()
-        {
-            // Our parent cargo holds the lock (plain `cargo test`); see the module docs.
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        }
-        if line.trim_start().starts_with("error") {
-            eprintln!("cargo build -p devicecloud: {line}");
-        }
-    }
-    let status = child.wait().expect("wait for cargo build");
-    assert!(status.success(), "cargo build -p devicecloud failed");
+    PathBuf::from(env!("CARGO_BIN_EXE_devicecloud"))
 }
 
 /// A subprocess whose stdout and stderr lines are collected as they come.
@@ -203,6 +121,10 @@ impl Proc {
         addr.rsplit_once(':').unwrap().1.parse().unwrap()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("still running").to_string();
         let ok = std::process::Command::new("kill")
@@ -260,4 +182,40 @@ pub fn mosq(port: u16, version: &str, rest: &[&str]) -> Vec<String> {
 pub fn spawn_mosq(program: &str, args: &[String]) -> Proc {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::spawn(program, &args)
+}
+
+/// Sends an MQTT 3.1.1 CONNECT to 127.0.0.1:`port` and returns the CONNACK's return code: a
+/// round trip that proves the broker behind the port is alive and serving.
+pub async fn connack_code(port: u16, client_id: &str) -> u8 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        DEADLINE,
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .expect("connect within the deadline")
+    .expect("the broker accepts the connection");
+    let id = client_id.as_bytes();
+    // Variable header: protocol name "MQTT", level 4, clean session, keep-alive 60 s.
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    body.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(id);
+    let mut packet = vec![0x10, u8::try_from(body.len()).expect("a short client id")];
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).await.unwrap();
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut connack))
+        .await
+        .expect("CONNACK within the deadline")
+        .expect("a CONNACK");
+    assert_eq!(connack[..2], [0x20, 2], "not a CONNACK: {connack:?}");
+    connack[3]
+}
+
+/// The inode of `path`: unchanged means nobody replaced the file by rename.
+pub fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .ino()
 }
