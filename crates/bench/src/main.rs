@@ -4,13 +4,13 @@
 //! Run `scripts/bench` (builds release binaries, raises the open-files limit).
 
 mod pki;
-mod procfs;
 mod scenarios;
 mod target;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use bench::procfs;
 use clap::Parser;
 use client::QoS;
 use scenarios::{Better, Measurement};

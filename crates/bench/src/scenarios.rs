@@ -16,7 +16,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::{net::TcpStream, sync::Semaphore, task::JoinSet};
 use tokio_util::codec::Framed;
 
-use crate::{procfs, target::Target};
+use bench::procfs;
+
+use crate::target::Target;
 
 pub const PAYLOAD_SIZE: usize = 64;
 /// A receiver that hears nothing for this long decides the rest was lost.
