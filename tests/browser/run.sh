@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The dashboard's browser test: starts `devicecloud up` (a server plus the simulated device `demo`)
-# on free loopback ports with a fresh data directory, then drives Debian's chromium through
+# on loopback ports the kernel picks with a fresh data directory, then drives Debian's chromium through
 # playwright-core (tests/browser/test.mjs): log in, toggle the LED, see the device confirm it,
 # check the simulated GPIO line. Screenshots and the server log go to artifacts/browser/.
 set -euo pipefail
@@ -48,58 +48,40 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# A user app, installed as examples/README.md says, so the test covers /apps and the SDK too.
+# Every example app, installed as examples/README.md says, so the test covers /apps and the SDK
+# too (test.mjs fails if one of them answers 404).
 mkdir -p "$DATA/apps"
-cp -r examples/hello-led "$DATA/apps/"
+cp -r examples/*/ "$DATA/apps/"
 
-# Free loopback ports, chosen by the kernel (there is a tiny window until the server binds them).
-read -r WEB_PORT MQTT_PORT < <(node -e '
-  const net = require("net");
-  const a = net.createServer(), b = net.createServer();
-  a.listen(0, "127.0.0.1", () => b.listen(0, "127.0.0.1", () => {
-    console.log(a.address().port, b.address().port);
-    a.close();
-    b.close();
-  }));')
-
-# `--listen` replaces the configured listeners (like `devicecloud server`): the web port and the
-# MQTT port the simulated device connects to, both on loopback and off the defaults 8443/8883.
-UP_ARGS=(up --data "$DATA" --listen "https://127.0.0.1:$WEB_PORT" --listen "mqtts://127.0.0.1:$MQTT_PORT")
+# `--listen` replaces the configured listeners (like `devicecloud server`): a web port and the
+# MQTT port the simulated device connects to, both on loopback, chosen by the kernel (port 0);
+# the ready file says which.
+UP_ARGS=(up --data "$DATA" --listen "https://127.0.0.1:0" --listen "mqtts://127.0.0.1:0")
 
 echo "browser test: $BIN ${UP_ARGS[*]}"
 NO_COLOR=1 DEVICECLOUD_LOG=${DEVICECLOUD_LOG:-info} "$BIN" "${UP_ARGS[@]}" >"$LOG" 2>&1 &
 SERVER_PID=$!
 
-# `up` prints the dashboard address and the login, e.g.
-#   Dashboard: https://127.0.0.1:PORT/
-#   Login: admin / PASSWORD
-URL= USERNAME= PASSWORD=
+# `up` writes DATA/ready.json (the same JSON as its `DEVICECLOUD_READY {...}` line) once the
+# server and the demo device are up; the admin password is in the file it names.
+READY=$DATA/ready.json
 for _ in $(seq 600); do
     kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 40 "$LOG" >&2; die "devicecloud up exited early (log above, full log: $LOG)"; }
-    URL=$(grep -i -m1 -oE 'dashboard[^h]*https://[^[:space:]]+' "$LOG" | grep -oE 'https://[^[:space:]]+' || true)
-    [ -n "$URL" ] || URL=$(grep -m1 -oE "https://127\.0\.0\.1:$WEB_PORT/?[^[:space:]]*" "$LOG" || true)
-    LOGIN=$(grep -i -m1 -E '^[[:space:]]*(login|user)[^:]*:[[:space:]]*[^[:space:]]+[[:space:]]*/[[:space:]]*[^[:space:]]+' "$LOG" || true)
-    LOGIN_RE=':[[:space:]]*([^[:space:]/]+)[[:space:]]*/[[:space:]]*([^[:space:]]+)'
-    if [[ $LOGIN =~ $LOGIN_RE ]]; then
-        USERNAME=${BASH_REMATCH[1]}
-        PASSWORD=${BASH_REMATCH[2]}
-    else
-        USERNAME=$(grep -i -m1 -oE '(user ?name|user)[[:space:]]*[:=][[:space:]]*[^[:space:],]+' "$LOG" | sed -E 's/.*[:=][[:space:]]*//' || true)
-        PASSWORD=$(grep -i -m1 -oE 'password[[:space:]]*[:=][[:space:]]*[^[:space:],]+' "$LOG" | sed -E 's/.*[:=][[:space:]]*//' || true)
-    fi
-    [ -n "$URL" ] && [ -n "$PASSWORD" ] && break
+    [ -s "$READY" ] && break
     sleep 0.1
 done
-[ -n "$URL" ] || { tail -n 40 "$LOG" >&2; die "devicecloud up printed no dashboard URL within 60s (full log: $LOG)"; }
-[ -n "$PASSWORD" ] || { tail -n 40 "$LOG" >&2; die "devicecloud up printed no admin password within 60s (full log: $LOG)"; }
-USERNAME=${USERNAME:-admin}
-if grep -q 'demo device could not start' "$LOG"; then
-    grep -A1 'demo device could not start' "$LOG" >&2
-    die "devicecloud up started without its simulated device 'demo' (full log: $LOG)"
-fi
-# Talk to the loopback address we chose, whatever host name the server prints (e.g. localhost,
-# which chromium may try on ::1 first).
-URL="https://127.0.0.1:$WEB_PORT/"
+[ -s "$READY" ] || { tail -n 40 "$LOG" >&2; die "devicecloud up wrote no $READY within 60s (full log: $LOG)"; }
+mapfile -t FIELDS < <(node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  for (const v of [r.https, r.user, r.password_file, r.demo_device]) console.log(v ?? "");' "$READY")
+HTTPS=${FIELDS[0]:-} USERNAME=${FIELDS[1]:-} PASSWORD_FILE=${FIELDS[2]:-} DEMO=${FIELDS[3]:-}
+[ -n "$HTTPS" ] || die "$READY names no https listener: $(cat "$READY")"
+[ -n "$PASSWORD_FILE" ] && [ -s "$PASSWORD_FILE" ] || die "$READY names no admin password file: $(cat "$READY")"
+[ "$DEMO" = demo ] || { tail -n 40 "$LOG" >&2; die "devicecloud up started without its simulated device 'demo' (full log: $LOG)"; }
+PASSWORD=$(cat "$PASSWORD_FILE")
+# The bound loopback address rather than the URL's host name (localhost, which chromium may try
+# on ::1 first).
+URL="$HTTPS/"
 echo "browser test: dashboard $URL, login $USERNAME"
 
 cd tests/browser

@@ -27,6 +27,13 @@ fs.mkdirSync(artifacts, { recursive: true });
 
 let step = 'starting';
 const log = (message) => console.log(`browser test: ${message}`);
+// Every example in examples/ is installed by run.sh: a missing one is a failure, never a skip.
+async function openApp(appUrl) {
+  const response = await page.goto(appUrl);
+  const status = response ? response.status() : 'no response';
+  if (status !== 200) fail(`${appUrl} answered ${status}; run.sh installs every example in DATA/apps`);
+}
+
 function fail(message) {
   throw new Error(message);
 }
@@ -183,21 +190,28 @@ try {
 
   step = 'the hello-led user app';
   const appUrl = `${base}/apps/hello-led/`;
-  const appResponse = await page.goto(appUrl);
-  if (appResponse && appResponse.status() === 404) {
-    log('skipped the hello-led app: it is not installed in DATA/apps');
-  } else {
-    await page.waitForFunction(() => !document.getElementById('toggle').disabled
-      || document.getElementById('error').textContent, null, { timeout: TIMEOUT });
-    const appError = await page.textContent('#error');
-    if (appError) fail(`hello-led shows an error: ${appError}`);
-    await page.click('#toggle');
-    await page.waitForFunction(() => document.getElementById('state').textContent === 'on', null, { timeout: TIMEOUT })
-      .catch(async () => fail(`hello-led: the state reads ${JSON.stringify(await page.textContent('#state'))}, error ${JSON.stringify(await page.textContent('#error'))}`));
-    await waitGpio('led', true);
-    await page.screenshot({ path: path.join(artifacts, 'hello-led.png') });
-    log('hello-led switched the LED on through /sdk/devicecloud.js');
-  }
+  await openApp(appUrl);
+  await page.waitForFunction(() => !document.getElementById('toggle').disabled
+    || document.getElementById('error').textContent, null, { timeout: TIMEOUT });
+  const appError = await page.textContent('#error');
+  if (appError) fail(`hello-led shows an error: ${appError}`);
+  await page.click('#toggle');
+  await page.waitForFunction(() => document.getElementById('state').textContent === 'on', null, { timeout: TIMEOUT })
+    .catch(async () => fail(`hello-led: the state reads ${JSON.stringify(await page.textContent('#state'))}, error ${JSON.stringify(await page.textContent('#error'))}`));
+  await waitGpio('led', true);
+  await page.screenshot({ path: path.join(artifacts, 'hello-led.png') });
+  log('hello-led switched the LED on through /sdk/devicecloud.js');
+
+  step = 'the sensor-chart user app';
+  await openApp(`${base}/apps/sensor-chart/`);
+  await page.waitForFunction(() => document.getElementById('status').textContent
+    || document.getElementById('error').textContent, null, { timeout: TIMEOUT });
+  const chartError = await page.textContent('#error');
+  if (chartError) fail(`sensor-chart shows an error: ${chartError}`);
+  await page.waitForSelector('#chart canvas', { timeout: TIMEOUT })
+    .catch(() => fail('sensor-chart drew no chart'));
+  await page.screenshot({ path: path.join(artifacts, 'sensor-chart.png') });
+  log(`sensor-chart drew the temperature chart (${await page.textContent('#status')})`);
 
   step = 'the SDK from a page';
   await page.goto(`${base}/`);

@@ -135,9 +135,9 @@ pub fn raise_nofile_limit() -> anyhow::Result<NofileLimit> {
     Ok(NofileLimit { soft, hard })
 }
 
-/// Resolves at the first SIGTERM or SIGINT (Ctrl-C), logs it and returns its name. If SIGTERM
-/// cannot be watched (never seen in practice) it says so and waits for Ctrl-C only.
-pub async fn shutdown_signal() -> &'static str {
+/// Resolves at the first SIGTERM or SIGINT (Ctrl-C), and logs which. If SIGTERM cannot be
+/// watched (never seen in practice) it says so and waits for Ctrl-C only.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let name = match signal(SignalKind::terminate()) {
         Ok(mut term) => tokio::select! {
@@ -151,7 +151,6 @@ pub async fn shutdown_signal() -> &'static str {
         }
     };
     tracing::info!("{name}: shutting down");
-    name
 }
 
 #[cfg(test)]

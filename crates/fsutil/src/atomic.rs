@@ -29,6 +29,15 @@ pub enum Durability {
 /// O_NOFOLLOW (a file or symlink already there is never opened, let alone followed) and given
 /// its mode before a byte is written; the file is fsynced, renamed over `path`, and the
 /// directory fsynced so that the rename itself is durable.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let key = dir.path().join("device.key");
+/// fsutil::write_atomic(&key, b"-----BEGIN PRIVATE KEY-----\n", 0o600)?;
+/// # use std::os::unix::fs::PermissionsExt;
+/// assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     write_atomic_with(path, contents, mode, Durability::Synced)
 }

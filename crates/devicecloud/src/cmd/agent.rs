@@ -286,10 +286,7 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let data_dir = config.data_dir.clone();
     let simulated = args.simulate || config.gpio.backend == agent::config::GpioBackend::Simulated;
-    let handle = Agent::start(config, bundle, gpio, async {
-        shutdown_signal().await;
-    })
-    .await?;
+    let handle = Agent::start(config, bundle, gpio, shutdown_signal()).await?;
     let _ = sd_notify(&[SdState::Ready]);
     tracing::info!(data_dir = %data_dir.display(), "agent running");
     if simulated {

@@ -211,10 +211,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or(ServeOptions::default().handshake_timeout),
         ..ServeOptions::default()
     };
-    broker::listener::serve_with(broker, listeners, options, async {
-        shutdown_signal().await;
-    })
-    .await;
+    broker::listener::serve_with(broker, listeners, options, shutdown_signal()).await;
     tracing::info!("broker stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -449,7 +446,6 @@ fn join(urls: &[&ListenUrl]) -> String {
         .join(", ")
 }
 
-/// SIGTERM or SIGINT (Ctrl-C): stop gracefully.
 #[cfg(unix)]
 fn spawn_sighup_handler(passwords: Option<Arc<PasswordFileAuth>>) {
     use tokio::signal::unix::{SignalKind, signal};

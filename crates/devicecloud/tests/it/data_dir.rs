@@ -2,32 +2,22 @@
 
 use std::{path::Path, time::Duration};
 
-use crate::support::{Proc, connack_code, inode};
+use crate::support::{Proc, connack_code, inode, refused_by_lock, s};
 
 /// "Refused at once": the second process must not get as far as binding ports or opening files.
 const REFUSED_WITHIN: Duration = Duration::from_secs(10);
 
-fn s(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
-/// Runs a second devicecloud command on a data directory in use and returns its output, after
-/// checking it exits non-zero in time and names the holder's pid.
-async fn refused(args: &[&str], holder_pid: u32) -> Vec<String> {
-    let second = Proc::devicecloud(args);
-    let (status, out) = tokio::time::timeout(REFUSED_WITHIN, second.finish())
-        .await
-        .expect("the second process exits at once");
-    assert!(!status.success(), "{}", out.join("\n"));
-    let expected = format!(
-        "is in use by another devicecloud process (pid {holder_pid}); stop it first or use another --data"
+/// The second process is refused, and the first one's files are as they were: the journal not
+/// replaced (today's bug was a compaction by rename), the lock file still naming the first.
+async fn assert_second_is_refused(args: &[&str], data: &Path, first: &Proc, journal: &Path) {
+    let before = inode(journal);
+    refused_by_lock(args, data, first.pid(), REFUSED_WITHIN).await;
+    assert_eq!(inode(journal), before, "the journal was replaced");
+    assert_eq!(
+        std::fs::read_to_string(data.join("lock")).unwrap().trim(),
+        first.pid().to_string(),
+        "the lock file still names the first process"
     );
-    assert!(
-        out.iter().any(|l| l.contains(&expected)),
-        "no `{expected}` in:\n{}",
-        out.join("\n")
-    );
-    out
 }
 
 #[tokio::test]
@@ -43,16 +33,7 @@ async fn second_broker_on_the_same_data_directory_is_refused_and_the_first_is_un
     ];
     let mut first = Proc::devicecloud(&args);
     let port = first.listening_port("mqtt").await;
-    let journal = data.join("broker.journal");
-    let before = inode(&journal);
-
-    refused(&args, first.pid()).await;
-
-    assert_eq!(
-        inode(&journal),
-        before,
-        "the journal was replaced (compacted by rename)"
-    );
+    assert_second_is_refused(&args, &data, &first, &data.join("broker.journal")).await;
     assert_eq!(
         connack_code(port, "still-there").await,
         0,
@@ -88,20 +69,7 @@ async fn second_server_on_the_same_data_directory_is_refused_and_the_first_is_un
         })
         .await;
     let journal = data.join("broker").join("broker.journal");
-    let before = inode(&journal);
-
-    refused(&args, first.pid()).await;
-
-    assert_eq!(
-        inode(&journal),
-        before,
-        "the journal was replaced (compacted by rename)"
-    );
-    assert_eq!(
-        std::fs::read_to_string(data.join("lock")).unwrap().trim(),
-        first.pid().to_string(),
-        "the lock file still names the first server"
-    );
+    assert_second_is_refused(&args, &data, &first, &journal).await;
     // Anonymous clients are refused, but with a CONNACK: the broker answers.
     let code = connack_code(port, "still-there").await;
     assert_ne!(code, 0, "anonymous clients are not let in by default");

@@ -219,3 +219,35 @@ pub fn inode(path: &std::path::Path) -> u64 {
         .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
         .ino()
 }
+
+/// A temporary path as an argument.
+pub fn s(path: &std::path::Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// Runs a devicecloud command on a data directory that `holder_pid` holds and checks it is
+/// refused at once: a non-zero exit within `within`, with the message naming the directory and
+/// the holder. Returns its output.
+pub async fn refused_by_lock(
+    args: &[&str],
+    data: &std::path::Path,
+    holder_pid: u32,
+    within: Duration,
+) -> Vec<String> {
+    let second = Proc::devicecloud(args);
+    let (status, out) = tokio::time::timeout(within, second.finish())
+        .await
+        .expect("the second process exits at once");
+    assert!(!status.success(), "{}", out.join("\n"));
+    let expected = format!(
+        "data directory {} is in use by another devicecloud process (pid {holder_pid}); \
+         stop it first or use another --data",
+        data.display()
+    );
+    assert!(
+        out.iter().any(|l| l.contains(&expected)),
+        "no `{expected}` in:\n{}",
+        out.join("\n")
+    );
+    out
+}

@@ -2,13 +2,9 @@
 
 use std::path::Path;
 
-use crate::support::Proc;
+use crate::support::{DEADLINE, Proc, refused_by_lock, s};
 
 const READY_PREFIX: &str = "DEVICECLOUD_READY ";
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
 
 #[tokio::test]
 async fn up_announces_ready_once_with_a_line_and_a_file_and_refuses_a_second_up() {
@@ -88,19 +84,7 @@ async fn up_announces_ready_once_with_a_line_and_a_file_and_refuses_a_second_up(
     );
 
     // A second `up` on the same data directory is refused, naming the first.
-    let second = Proc::devicecloud(&args);
-    let (status, out) = second.finish().await;
-    assert!(!status.success());
-    let expected = format!(
-        "data directory {} is in use by another devicecloud process (pid {})",
-        data.display(),
-        up.pid()
-    );
-    assert!(
-        out.iter().any(|l| l.contains(&expected)),
-        "no `{expected}` in:\n{}",
-        out.join("\n")
-    );
+    refused_by_lock(&args, &data, up.pid(), DEADLINE).await;
     assert!(
         data.join("ready.json").is_file(),
         "the refused `up` left the first one's ready file alone"
