@@ -1321,6 +1321,161 @@ mod tests {
         assert!(j.next_id() > 3);
     }
 
+    /// Writes sessions `a`, `b` (owned by `user:b`, with a subscription) and `c`; returns
+    /// the journal's bytes and the offsets of its records.
+    fn three_sessions(dir: &Path) -> (Vec<u8>, Vec<usize>) {
+        {
+            let (j, _) = Journal::open(dir).unwrap();
+            for name in ["a", "b", "c"] {
+                j.append(Record::Session {
+                    client: Arc::from(name),
+                    expiry: 60,
+                });
+                if name == "b" {
+                    j.append(Record::Owner {
+                        client: Arc::from(name),
+                        principal: Arc::from("user:b"),
+                    });
+                    j.append(Record::Sub {
+                        client: Arc::from(name),
+                        filter: "t/#".into(),
+                        rec: SubRecord {
+                            options: SubscribeOptions::qos(QoS::AtLeastOnce),
+                            sub_id: None,
+                        },
+                    });
+                }
+            }
+            j.close();
+        }
+        let data = std::fs::read(dir.join(FILE_NAME)).unwrap();
+        let mut offsets = Vec::new();
+        let mut pos = MAGIC.len();
+        while let Some((_, next)) = read_record(&data, pos) {
+            offsets.push(pos);
+            pos = next;
+        }
+        assert_eq!(pos, data.len());
+        (data, offsets)
+    }
+
+    fn names(loaded: &Loaded) -> Vec<String> {
+        let mut v: Vec<String> = loaded.sessions.iter().map(|(n, _)| n.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// The offset of the `Session` record of client `name`.
+    fn session_record(data: &[u8], offsets: &[usize], name: &str) -> usize {
+        *offsets
+            .iter()
+            .find(|&&o| {
+                matches!(read_record(data, o), Some((Record::Session { client, .. }, _)) if &*client == name)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_corrupt_record_in_the_middle_is_skipped_and_the_original_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut data, offsets) = three_sessions(dir.path());
+        let at = session_record(&data, &offsets, "b");
+        // Bit rot in the body of b's Session record: the checksum no longer matches.
+        data[at + 10] ^= 0x40;
+        std::fs::write(dir.path().join(FILE_NAME), &data).unwrap();
+
+        let (_, loaded) = Journal::open(dir.path()).unwrap();
+        // b's Session record is lost, so its later Owner/Sub records have no session to
+        // attach to; a and c (after the damage) are recovered.
+        assert_eq!(names(&loaded), ["a", "c"]);
+        let r = &loaded.recovery;
+        assert_eq!(r.torn_tail_bytes, 0);
+        assert_eq!(r.corrupt.len(), 1);
+        assert_eq!(r.corrupt[0].0, at);
+        let aside = r.kept_aside.as_ref().expect("original kept aside");
+        assert!(
+            aside
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("broker.journal.corrupt-")
+        );
+        assert_eq!(
+            std::fs::read(aside).unwrap(),
+            data,
+            "the copy is the original"
+        );
+        // The rewritten journal is clean: the next start reports nothing.
+        let (_, again) = Journal::open(dir.path()).unwrap();
+        assert_eq!(names(&again), ["a", "c"]);
+        assert_eq!(again.recovery, Recovery::default());
+    }
+
+    #[test]
+    fn a_corrupt_length_in_the_middle_resynchronises_on_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut data, offsets) = three_sessions(dir.path());
+        let at = session_record(&data, &offsets, "a");
+        // The length field points far away: found again by scanning.
+        data[at + 2] = 0x7f;
+        std::fs::write(dir.path().join(FILE_NAME), &data).unwrap();
+        let (_, loaded) = Journal::open(dir.path()).unwrap();
+        assert_eq!(names(&loaded), ["b", "c"]);
+        let b = &loaded.sessions.iter().find(|(n, _)| &**n == "b").unwrap().1;
+        assert_eq!(b.owner.as_deref(), Some("user:b"));
+        assert!(b.subs.contains_key("t/#"));
+        assert_eq!(loaded.recovery.corrupt.len(), 1);
+        assert!(loaded.recovery.kept_aside.is_some());
+    }
+
+    #[test]
+    fn only_a_torn_tail_is_truncated_and_nothing_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, offsets) = three_sessions(dir.path());
+        let last = *offsets.last().unwrap();
+        // The last record half written.
+        std::fs::write(dir.path().join(FILE_NAME), &data[..last + 5]).unwrap();
+        let (_, loaded) = Journal::open(dir.path()).unwrap();
+        assert_eq!(names(&loaded), ["a", "b"]);
+        assert_eq!(loaded.recovery.torn_tail_bytes, 5);
+        assert!(loaded.recovery.corrupt.is_empty());
+        assert!(loaded.recovery.kept_aside.is_none());
+        let entries: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(entries, ["broker.journal"]);
+    }
+
+    #[test]
+    fn retained_owners_and_session_owners_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (j, _) = Journal::open(dir.path()).unwrap();
+            j.append(Record::Retain {
+                msg: msg("r/1", "x"),
+                owner: Some(Arc::from("user:a")),
+            });
+            j.append(Record::Retain {
+                msg: msg("r/2", "y"),
+                owner: None,
+            });
+            j.append(Record::Session {
+                client: Arc::from("legacy"),
+                expiry: 5,
+            });
+            j.close();
+        }
+        // Twice: once from the appended records, once from the compacted snapshot.
+        for _ in 0..2 {
+            let (_, loaded) = Journal::open(dir.path()).unwrap();
+            let owners: Vec<Option<&str>> =
+                loaded.retained.iter().map(|(_, o)| o.as_deref()).collect();
+            assert_eq!(owners, [Some("user:a"), None]);
+            assert_eq!(loaded.sessions[0].1.owner, None);
+        }
+    }
+
     #[test]
     fn compaction_keeps_live_state_and_shrinks_the_file() {
         let dir = tempfile::tempdir().unwrap();

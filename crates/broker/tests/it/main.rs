@@ -13,6 +13,7 @@ mod interop_ws;
 
 mod acl;
 mod connect;
+mod hostile;
 mod limits;
 mod local;
 mod persistence;
