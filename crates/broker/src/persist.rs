@@ -19,8 +19,10 @@
 //! Why a journal and not SQLite: every record is an append to one file in arrival order, the
 //! hot path only pushes a record into a vector under a mutex, and the writer thread keeps a
 //! mirror of the persisted state, so compaction (rewrite the mirror to a new file, fsync,
-//! rename) needs no coordination with the broker. Recovery reads the file up to the first
-//! torn or corrupt record (each record carries a length and a checksum).
+//! rename) needs no coordination with the broker. Each record carries a length and a
+//! checksum. Recovery truncates only a torn tail; a damaged record in the middle is skipped by
+//! resynchronising on the next valid record, after the original file is copied aside (see
+//! [`replay`]).
 //!
 //! Session expiry across a restart: an offline persistent session's expiry timer restarts
 //! when the broker starts (the time it was offline before the restart is not recorded).
