@@ -546,3 +546,75 @@ async fn a_connect_larger_than_max_connect_size_is_refused_before_authentication
         .await;
     assert_eq!(auth.calls.load(Ordering::SeqCst), 1);
 }
+
+/// A journal record as the broker writes it: length, FNV-1a checksum, body.
+fn journal_record(body: &[u8]) -> Vec<u8> {
+    let mut sum: u32 = 0x811c_9dc5;
+    for b in body {
+        sum ^= u32::from(*b);
+        sum = sum.wrapping_mul(0x0100_0193);
+    }
+    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&sum.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn journal_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A journal written before owners were recorded (a v3 session "forever", subscribed to
+/// `k/#`): nobody resumes that session; the first CONNECT for its id starts afresh.
+#[tokio::test]
+async fn a_session_from_a_journal_without_owners_is_not_resumed_by_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = b"DCJRNL01".to_vec();
+    let mut session = vec![1u8];
+    journal_string(&mut session, "kitchen");
+    session.extend_from_slice(&u32::MAX.to_le_bytes());
+    journal.extend(journal_record(&session));
+    let mut sub = vec![3u8];
+    journal_string(&mut sub, "kitchen");
+    journal_string(&mut sub, "k/#");
+    sub.push(1); // QoS 1
+    sub.extend_from_slice(&0u32.to_le_bytes());
+    journal.extend(journal_record(&sub));
+    std::fs::write(dir.path().join("broker.journal"), &journal).unwrap();
+
+    let cfg = BrokerConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..config(Limits::default())
+    };
+    let b = TestBroker::with_auth(cfg, Arc::new(HostileAuth::default())).await;
+    assert_eq!(b.broker.stats().sessions, 1);
+    assert_eq!(b.broker.stats().subscriptions, 1);
+    let (mut viewer, ack) = b
+        .client("kitchen")
+        .user("viewer")
+        .v311()
+        .clean(false)
+        .connect_raw()
+        .await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(
+        !ack.session_present,
+        "the unowned session was not handed over"
+    );
+    assert_eq!(b.broker.stats().subscriptions, 0);
+    let mut publisher = b.client("pub").connect().await;
+    publisher
+        .publish("k/1", "cmd", QoS::AtLeastOnce, false)
+        .await;
+    assert!(viewer.sync().await.is_empty());
+    // The fresh session is the viewer's now: the former owner cannot take it.
+    let (_, ack) = b
+        .client("kitchen")
+        .user("kitchen")
+        .v311()
+        .clean(false)
+        .connect_raw()
+        .await;
+    assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
+}
