@@ -494,7 +494,8 @@ impl Inner {
             Some(None) => false,
             None => false,
         };
-        if !(mine && !clean_start) {
+        let resumes = mine && !clean_start;
+        if !resumes {
             // A new session for this principal (replacing its own counts as none).
             let held = map.owned_by(&principal) - usize::from(mine);
             let max = self.config.limits.max_sessions_per_principal;
@@ -511,7 +512,7 @@ impl Inner {
         }
         let mut ended = None;
         let resumed = match existing {
-            Some(s) if mine && !clean_start => {
+            Some(s) if resumes => {
                 let mut st = s.lock();
                 if let Some(old) = &st.conn {
                     old.signal.notify_one();

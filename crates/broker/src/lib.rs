@@ -48,3 +48,12 @@ pub use message::Message;
 pub use persist::PersistError;
 pub use stats::Stats;
 pub use sys::VERSION;
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Replays a whole journal file (see `fuzz/fuzz_targets/journal_records.rs`).
+    pub fn journal_replay(data: &[u8]) -> (usize, usize) {
+        crate::persist::fuzz_replay(data)
+    }
+}

@@ -45,10 +45,15 @@ impl LocalClient {
     }
 
     /// Routes `msg` like a client PUBLISH (a retained message is stored, an empty retained
-    /// payload deletes). Invalid topics (empty, wildcards, NUL) are logged and dropped.
+    /// payload deletes). Invalid topics (empty, wildcards, NUL, over the topic limits) are
+    /// logged and dropped.
     pub fn publish(&self, msg: Message) {
         if let Err(e) = codec::topic::validate_topic_name(&msg.topic) {
             tracing::warn!(principal = %self.principal, topic = %msg.topic, error = %e, "in-process publish dropped");
+            return;
+        }
+        if let Err(e) = self.inner.check_topic_limits(&msg.topic) {
+            tracing::warn!(principal = %self.principal, error = %e, "in-process publish dropped");
             return;
         }
         self.inner.publish(Publication::from_message(msg, 0));
@@ -58,7 +63,10 @@ impl LocalClient {
     /// messages are delivered first (with `retain` set). Dropping the subscription
     /// unsubscribes. An invalid filter yields a subscription that ends at once.
     pub fn subscribe(&self, filter: &str) -> LocalSubscription {
-        if let Err(e) = codec::topic::validate_topic_filter(filter) {
+        let valid = codec::topic::validate_topic_filter(filter)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.inner.check_topic_limits(filter));
+        if let Err(e) = valid {
             tracing::warn!(principal = %self.principal, filter, error = %e, "in-process subscribe refused");
             let (_, rx) = mpsc::channel(1);
             return LocalSubscription {

@@ -85,9 +85,11 @@ impl TestBroker {
     }
 
     pub async fn with_config(config: BrokerConfig) -> TestBroker {
-        let broker = Broker::open(config, Arc::new(TestAuth))
-            .await
-            .expect("broker opens");
+        TestBroker::with_auth(config, Arc::new(TestAuth)).await
+    }
+
+    pub async fn with_auth(config: BrokerConfig, auth: Arc<dyn Authenticator>) -> TestBroker {
+        let broker = Broker::open(config, auth).await.expect("broker opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tasks = Arc::new(Mutex::new(JoinSet::new()));

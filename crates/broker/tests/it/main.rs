@@ -15,6 +15,7 @@ mod interop_ws;
 mod acl;
 mod conformance;
 mod connect;
+mod hostile;
 mod limits;
 mod local;
 mod persistence;

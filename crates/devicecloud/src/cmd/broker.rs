@@ -631,6 +631,39 @@ mod tests {
     }
 
     #[test]
+    fn hardening_limits_come_from_flags_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_topic_levels = 10\nmax_sessions_per_principal = 3\nmax_connect_size = 2048\n",
+        )
+        .unwrap();
+        let s = resolve(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--max-topic-levels",
+            "12",
+            "--max-retained-per-principal",
+            "5",
+            "--max-retained-bytes-per-principal",
+            "4096",
+            "--max-topic-length",
+            "300",
+        ])
+        .unwrap();
+        let mut config = broker::BrokerConfig::default();
+        s.apply_limits(&mut config);
+        let l = &config.limits;
+        assert_eq!(l.max_topic_levels, 12);
+        assert_eq!(l.max_topic_length, 300);
+        assert_eq!(l.max_sessions_per_principal, 3);
+        assert_eq!(l.max_retained_per_principal, 5);
+        assert_eq!(l.max_retained_bytes_per_principal, 4096);
+        assert_eq!(l.max_connect_size, 2048);
+    }
+
+    #[test]
     fn config_file_is_merged_under_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.toml");

@@ -110,6 +110,48 @@ pub async fn metrics(State(state): State<WebState>, principal: Principal) -> Api
     );
     metric(
         &mut out,
+        "mqtt_topic_limit_exceeded_total",
+        "counter",
+        "Topic names or filters refused for too many levels or bytes.",
+        s.topic_limit_exceeded,
+    );
+    metric(
+        &mut out,
+        "mqtt_retained_quota_exceeded_total",
+        "counter",
+        "Retained PUBLISH packets refused by the per-principal retained quota.",
+        s.retained_quota_exceeded,
+    );
+    metric(
+        &mut out,
+        "mqtt_session_limit_exceeded_total",
+        "counter",
+        "CONNECTs refused by the sessions-per-principal limit.",
+        s.session_limit_exceeded,
+    );
+    metric(
+        &mut out,
+        "mqtt_client_id_refused_total",
+        "counter",
+        "CONNECTs refused because the client id belongs to another principal.",
+        s.client_id_refused,
+    );
+    metric(
+        &mut out,
+        "mqtt_connect_too_large_total",
+        "counter",
+        "CONNECT packets over the pre-authentication size limit.",
+        s.connect_too_large,
+    );
+    metric(
+        &mut out,
+        "mqtt_subscriptions_revoked_total",
+        "counter",
+        "Restored subscriptions removed because their principal lost the right.",
+        s.subscriptions_revoked,
+    );
+    metric(
+        &mut out,
         "mqtt_retained_messages",
         "gauge",
         "Retained messages stored.",
