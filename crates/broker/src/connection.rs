@@ -628,7 +628,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Packet::PubComp(a) => self.on_pubcomp(a),
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
-            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::PingReq => {
+                // Whatever was routed to this session before the ping goes out before the
+                // PINGRESP, so a ping round trip proves nothing else is on its way.
+                self.drain_session();
+                self.send(&Packet::PingResp);
+            }
             Packet::Disconnect(d) => self.on_disconnect(d),
             Packet::Connect(_) => {
                 self.fail(
@@ -1278,8 +1283,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .await;
         }
         let _ = tokio::time::timeout(CLOSE_FLUSH, self.stream.shutdown()).await;
-        Counters::sub(&self.inner.counters.clients_connected, 1);
         self.detach(exit);
+        // After the will is published or scheduled: a client that is no longer counted has
+        // nothing left to do.
+        Counters::sub(&self.inner.counters.clients_connected, 1);
     }
 
     /// Hands the session back (offline) and publishes or schedules the will.

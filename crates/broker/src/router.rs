@@ -12,7 +12,7 @@ use crate::{
     message::Publication,
     persist::{Journal, Record},
     retained::RetainedStore,
-    session::{Offer, Outgoing, Session},
+    session::{Offer, Outgoing, QueueLimits, Session},
     shared::FilterSpec,
     stats::Counters,
     trie::{Match, Trie},
@@ -31,21 +31,21 @@ pub struct Router {
     retained: RwLock<RetainedStore>,
     pub counters: Arc<Counters>,
     pub journal: Option<Arc<Journal>>,
-    max_queued: usize,
+    queue_limits: QueueLimits,
 }
 
 impl Router {
     pub fn new(
         counters: Arc<Counters>,
         journal: Option<Arc<Journal>>,
-        max_queued: usize,
+        queue_limits: QueueLimits,
     ) -> Router {
         Router {
             subs: RwLock::new(Trie::default()),
             retained: RwLock::new(RetainedStore::default()),
             counters,
             journal,
-            max_queued,
+            queue_limits,
         }
     }
 
@@ -149,7 +149,7 @@ impl Router {
             entry_id: 0,
         };
         let mut seq = 0;
-        let offer = session.offer(out, self.max_queued, |out| match &self.journal {
+        let offer = session.offer(out, self.queue_limits, |out| match &self.journal {
             Some(j) => {
                 let msg_id = *out.msg.store_id.get_or_init(|| {
                     let id = j.next_id();
