@@ -22,7 +22,7 @@ use crate::{
     persist::{Journal, PersistError, Record},
     retained::RetainQuota,
     router::Router,
-    session::{ConnLink, Inflight, Outgoing, Session, Stage},
+    session::{ConnLink, Inflight, Outgoing, QueueLimits, Session, Stage},
     shared::FilterSpec,
     stats::{Counters, Stats},
 };
@@ -104,9 +104,12 @@ pub struct Limits {
     /// In-flight QoS 1/2 messages per client in each direction: caps the client's Receive
     /// Maximum for outbound messages and is advertised as ours for inbound ones.
     pub receive_maximum: u16,
-    /// Messages queued per session beyond the in-flight window (slow-consumer policy: see
-    /// the `session` module).
+    /// QoS 1/2 messages queued per session beyond the in-flight window (slow-consumer
+    /// policy: see the `session` module).
     pub max_queued_messages: usize,
+    /// Bytes queued per session, any QoS; QoS 0 messages to connected clients are bounded
+    /// by this alone, so that bursts of small messages are absorbed.
+    pub max_queued_bytes: usize,
     /// Time allowed from TCP accept to a complete CONNECT (and for the authenticator).
     pub connect_timeout: Duration,
     /// Keep alive cap in seconds for v5 clients (sent as Server Keep Alive when exceeded or 0).
@@ -142,6 +145,10 @@ impl Default for Limits {
             max_packet_size: 1 << 20,
             receive_maximum: 256,
             max_queued_messages: 1000,
+            // About 10,000 small messages (each costs ~500 B with its bookkeeping), enough
+            // for a burst from several fast publishers; 64 stuck subscribers hold 1 GiB only
+            // together, and each one's drops are counted and logged.
+            max_queued_bytes: 16 << 20,
             connect_timeout: Duration::from_secs(10),
             max_keepalive: 3600,
             topic_alias_maximum: 64,
@@ -242,7 +249,10 @@ impl Broker {
         let router = Router::new(
             counters.clone(),
             journal.clone(),
-            config.limits.max_queued_messages,
+            QueueLimits {
+                messages: config.limits.max_queued_messages,
+                bytes: config.limits.max_queued_bytes,
+            },
             RetainQuota {
                 max_count: config.limits.max_retained_per_principal,
                 max_bytes: config.limits.max_retained_bytes_per_principal,

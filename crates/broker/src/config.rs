@@ -59,6 +59,7 @@ pub struct LimitsConfig {
     pub max_packet_size: Option<u32>,
     pub receive_maximum: Option<u16>,
     pub max_queued_messages: Option<usize>,
+    pub max_queued_bytes: Option<usize>,
     pub connect_timeout_secs: Option<u64>,
     pub handshake_timeout_secs: Option<u64>,
     pub max_keepalive: Option<u16>,

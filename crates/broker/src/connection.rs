@@ -425,10 +425,13 @@ async fn accept(
     })
 }
 
-struct Conn<S> {
+/// One connection's protocol state and packet handlers: everything but the byte stream, so
+/// that the handlers are compiled once, not once per transport. `Conn` drives it over a
+/// stream: bytes in `rbuf` -> [`Protocol::process_input`] -> packets and session changes ->
+/// bytes in `wbuf`.
+struct Protocol {
     inner: Arc<Inner>,
     signal: Arc<Notify>,
-    stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
     needs_flush: bool,
@@ -466,24 +469,17 @@ struct Aliases {
     outbound: HashMap<Box<str>, u16>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    fn new(
-        inner: Arc<Inner>,
-        stream: S,
-        rbuf: BytesMut,
-        version: ProtocolVersion,
-        a: Accepted,
-    ) -> Conn<S> {
+impl Protocol {
+    fn new(inner: Arc<Inner>, rbuf: BytesMut, version: ProtocolVersion, a: Accepted) -> Protocol {
         let client_alias_max = if version.is_v5() {
             a.client_alias_max
                 .min(inner.config.limits.topic_alias_maximum)
         } else {
             0
         };
-        let mut conn = Conn {
+        let mut conn = Protocol {
             inner,
             signal: a.signal,
-            stream,
             rbuf,
             wbuf: BytesMut::new(),
             needs_flush: false,
@@ -526,105 +522,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    async fn run(&mut self) {
-        Counters::add(&self.inner.counters.clients_connected, 1);
-        tracing::debug!(client = %self.client_id, principal = %self.identity.principal, version = %self.version, "client connected");
-        // Packets that arrived together with CONNECT.
-        self.process_input();
-        self.serve().await;
-        // Boxed: the closing state (flush with timeouts) should not enlarge every idle task.
-        Box::pin(self.finish()).await;
-    }
-
-    /// The steady state, until `self.exit` is set.
-    async fn serve(&mut self) {
-        let signal = self.signal.clone();
-        // One timer for the connection's life, re-armed only when it fires (not per packet).
-        let ka = self.keep_alive;
-        let keep_alive = sleep_until(self.last_recv + ka);
-        tokio::pin!(keep_alive);
-        while self.exit.is_none() {
-            self.release_durable_acks();
-            self.drain_session();
-            if self.exit.is_some() {
-                break;
-            }
-            tokio::select! {
-                biased;
-                r = poll_fn(|cx| self.poll_io(cx)) => match r {
-                    Ok(IoEvent::Read) => {
-                        self.last_recv = Instant::now();
-                        self.process_input();
-                    }
-                    Ok(IoEvent::Wrote) => {}
-                    Ok(IoEvent::Eof) | Err(_) => {
-                        if self.exit.is_none() {
-                            self.exit = Some(Exit::Closed);
-                        }
-                    }
-                },
-                _ = signal.notified() => {}
-                () = &mut keep_alive, if !ka.is_zero() => {
-                    let due = self.last_recv + ka;
-                    if Instant::now() >= due {
-                        // MQTT-3.1.2-22 (v5 -24): 1.5 x keep alive without a packet.
-                        self.fail(ReasonCode::KeepAliveTimeout, "keep alive timeout");
-                    } else {
-                        keep_alive.as_mut().reset(due);
-                    }
-                }
-            }
-        }
-    }
-
-    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<IoEvent>> {
-        let mut wrote = false;
-        while !self.wbuf.is_empty() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(n)) => {
-                    Counters::add(&self.inner.counters.bytes_sent, n as u64);
-                    self.wbuf.advance(n);
-                    self.needs_flush = true;
-                    wrote = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => break,
-            }
-        }
-        if self.wbuf.is_empty() {
-            // Idle connections hold no write buffer.
-            if self.wbuf.capacity() > 0 {
-                self.wbuf = BytesMut::new();
-            }
-            if self.needs_flush {
-                match Pin::new(&mut self.stream).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.needs_flush = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
-                }
-            }
-        }
-        if self.wbuf.len() < READ_PAUSE {
-            match poll_read_into(&mut self.stream, &mut self.rbuf, cx) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(IoEvent::Eof)),
-                Poll::Ready(Ok(n)) => {
-                    Counters::add(&self.inner.counters.bytes_received, n as u64);
-                    return Poll::Ready(Ok(IoEvent::Read));
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
-        }
-        if wrote {
-            Poll::Ready(Ok(IoEvent::Wrote))
-        } else {
-            Poll::Pending
-        }
-    }
-
     fn process_input(&mut self) {
         let max = self.inner.config.limits.max_packet_size;
         while self.exit.is_none() {
@@ -652,7 +549,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Packet::PubComp(a) => self.on_pubcomp(a),
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
-            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::PingReq => {
+                // Whatever was routed to this session before the ping goes out before the
+                // PINGRESP, so a ping round trip proves nothing else is on its way.
+                self.drain_session();
+                self.send(&Packet::PingResp);
+            }
             Packet::Disconnect(d) => self.on_disconnect(d),
             Packet::Connect(_) => {
                 self.fail(
@@ -1299,7 +1201,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     // ---- the end ----
 
-    async fn finish(&mut self) {
+    // ---- events from the IO loop (no IO, no await here) ----
+
+    /// The connection is up: count it, and handle packets that arrived with the CONNECT.
+    fn started(&mut self) {
+        Counters::add(&self.inner.counters.clients_connected, 1);
+        tracing::debug!(client = %self.client_id, principal = %self.identity.principal, version = %self.version, "client connected");
+        self.process_input();
+    }
+
+    /// Bytes were appended to `rbuf`.
+    fn on_input(&mut self, now: Instant) {
+        self.last_recv = now;
+        self.process_input();
+    }
+
+    /// EOF or an I/O error without DISCONNECT.
+    fn on_peer_closed(&mut self) {
+        if self.exit.is_none() {
+            self.exit = Some(Exit::Closed);
+        }
+    }
+
+    /// When the keep-alive timer should next fire.
+    fn keep_alive_due(&self) -> Instant {
+        self.last_recv + self.keep_alive
+    }
+
+    /// The keep-alive timer fired at `now`: closes the connection if 1.5 x keep alive passed
+    /// without a packet (MQTT-3.1.2-22, v5 -24), else returns when to check again.
+    fn on_keep_alive_timer(&mut self, now: Instant) -> Option<Instant> {
+        let due = self.keep_alive_due();
+        if now >= due {
+            self.fail(ReasonCode::KeepAliveTimeout, "keep alive timeout");
+            None
+        } else {
+            Some(due)
+        }
+    }
+
+    /// Before waiting for the next event: moves durable acks and queued messages into
+    /// `wbuf`. False once the connection is to close.
+    fn prepare_output(&mut self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        self.release_durable_acks();
+        self.drain_session();
+        self.exit.is_none()
+    }
+
+    /// Starts closing: queues the v5 DISCONNECT our reason calls for and returns why the
+    /// connection ends.
+    fn closing(&mut self) -> Exit {
         let exit = self.exit.clone().unwrap_or(Exit::Closed);
         let reason = match &exit {
             Exit::Error(r, text) => Some((*r, text.clone())),
@@ -1322,17 +1276,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }));
             }
         }
-        if !self.wbuf.is_empty() || self.needs_flush {
-            let wbuf = std::mem::take(&mut self.wbuf);
-            let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-                self.stream.write_all(&wbuf).await?;
-                self.stream.flush().await
-            })
-            .await;
-        }
-        let _ = tokio::time::timeout(CLOSE_FLUSH, self.stream.shutdown()).await;
-        Counters::sub(&self.inner.counters.clients_connected, 1);
+        exit
+    }
+
+    /// Finishes closing once the stream is shut: the session goes offline, the will is
+    /// published or scheduled.
+    fn closed(&mut self, exit: Exit) {
         self.detach(exit);
+        // After the will is published or scheduled: a client that is no longer counted has
+        // nothing left to do.
+        Counters::sub(&self.inner.counters.clients_connected, 1);
     }
 
     /// Hands the session back (offline) and publishes or schedules the will.
@@ -1374,6 +1327,121 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.inner.schedule_expiry(&self.session, self.generation);
         }
         tracing::debug!(client = %self.client_id, "client disconnected");
+    }
+}
+
+/// The thin generic part: runs a [`Protocol`] over one byte stream (TCP, TLS, WebSocket).
+struct Conn<S> {
+    proto: Protocol,
+    stream: S,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(
+        inner: Arc<Inner>,
+        stream: S,
+        rbuf: BytesMut,
+        version: ProtocolVersion,
+        a: Accepted,
+    ) -> Conn<S> {
+        Conn {
+            proto: Protocol::new(inner, rbuf, version, a),
+            stream,
+        }
+    }
+
+    async fn run(&mut self) {
+        self.proto.started();
+        self.serve().await;
+        // Boxed: the closing state (flush with timeouts) should not enlarge every idle task.
+        Box::pin(self.finish()).await;
+    }
+
+    /// The steady state, until the protocol decides to close.
+    async fn serve(&mut self) {
+        let signal = self.proto.signal.clone();
+        // One timer for the connection's life, re-armed only when it fires (not per packet).
+        let keep_alive = sleep_until(self.proto.keep_alive_due());
+        tokio::pin!(keep_alive);
+        let has_keep_alive = !self.proto.keep_alive.is_zero();
+        while self.proto.prepare_output() {
+            tokio::select! {
+                biased;
+                r = poll_fn(|cx| self.poll_io(cx)) => match r {
+                    Ok(IoEvent::Read) => self.proto.on_input(Instant::now()),
+                    Ok(IoEvent::Wrote) => {}
+                    Ok(IoEvent::Eof) | Err(_) => self.proto.on_peer_closed(),
+                },
+                _ = signal.notified() => {}
+                () = &mut keep_alive, if has_keep_alive => {
+                    if let Some(due) = self.proto.on_keep_alive_timer(Instant::now()) {
+                        keep_alive.as_mut().reset(due);
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<IoEvent>> {
+        let mut wrote = false;
+        while !self.proto.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.proto.wbuf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    Counters::add(&self.proto.inner.counters.bytes_sent, n as u64);
+                    self.proto.wbuf.advance(n);
+                    self.proto.needs_flush = true;
+                    wrote = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if self.proto.wbuf.is_empty() {
+            // Idle connections hold no write buffer.
+            if self.proto.wbuf.capacity() > 0 {
+                self.proto.wbuf = BytesMut::new();
+            }
+            if self.proto.needs_flush {
+                match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.proto.needs_flush = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if self.proto.wbuf.len() < READ_PAUSE {
+            match poll_read_into(&mut self.stream, &mut self.proto.rbuf, cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(IoEvent::Eof)),
+                Poll::Ready(Ok(n)) => {
+                    Counters::add(&self.proto.inner.counters.bytes_received, n as u64);
+                    return Poll::Ready(Ok(IoEvent::Read));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if wrote {
+            Poll::Ready(Ok(IoEvent::Wrote))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    async fn finish(&mut self) {
+        let exit = self.proto.closing();
+        if !self.proto.wbuf.is_empty() || self.proto.needs_flush {
+            let wbuf = std::mem::take(&mut self.proto.wbuf);
+            let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+                self.stream.write_all(&wbuf).await?;
+                self.stream.flush().await
+            })
+            .await;
+        }
+        let _ = tokio::time::timeout(CLOSE_FLUSH, self.stream.shutdown()).await;
+        self.proto.closed(exit);
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{
     message::Publication,
     persist::{Journal, Record},
     retained::{RetainQuota, RetainRefused, RetainedStore},
-    session::{Offer, Outgoing, Session},
+    session::{Offer, Outgoing, QueueLimits, Session},
     shared::FilterSpec,
     stats::Counters,
     trie::{Match, Trie},
@@ -31,7 +31,7 @@ pub struct Router {
     retained: RwLock<RetainedStore>,
     pub counters: Arc<Counters>,
     pub journal: Option<Arc<Journal>>,
-    max_queued: usize,
+    queue_limits: QueueLimits,
     retain_quota: RetainQuota,
 }
 
@@ -39,7 +39,7 @@ impl Router {
     pub fn new(
         counters: Arc<Counters>,
         journal: Option<Arc<Journal>>,
-        max_queued: usize,
+        queue_limits: QueueLimits,
         retain_quota: RetainQuota,
     ) -> Router {
         Router {
@@ -47,7 +47,7 @@ impl Router {
             retained: RwLock::new(RetainedStore::default()),
             counters,
             journal,
-            max_queued,
+            queue_limits,
             retain_quota,
         }
     }
@@ -165,7 +165,7 @@ impl Router {
             entry_id: 0,
         };
         let mut seq = 0;
-        let offer = session.offer(out, self.max_queued, |out| match &self.journal {
+        let offer = session.offer(out, self.queue_limits, |out| match &self.journal {
             Some(j) => {
                 let msg_id = *out.msg.store_id.get_or_init(|| {
                     let id = j.next_id();

@@ -6,13 +6,18 @@
 //! signals the connection task, which drains the queue into its write buffer on its next
 //! wakeup; there is no task or channel per subscriber or per message.
 //!
-//! Slow-consumer policy: each session queues at most `Limits::max_queued_messages` messages
-//! (beyond the in-flight window). When the queue is full the NEW message is dropped (like
-//! mosquitto), whatever its QoS, and counted in `messages_dropped`; older queued messages
-//! keep their order so a consumer that catches up sees a gap, never a reordering. QoS 0
-//! messages are not queued for disconnected sessions. A connected client whose socket stops
-//! draining fills its queue the same way: the connection moves messages into its write
-//! buffer only while that buffer is below a small high-water mark.
+//! Slow-consumer policy ([`QueueLimits`]): a session's queue (beyond the in-flight window)
+//! holds at most `Limits::max_queued_bytes` bytes of messages, and at most
+//! `Limits::max_queued_messages` QoS 1/2 messages (as mosquitto counts them). QoS 0 messages
+//! to a connected client are bounded by bytes only, so a burst of many small messages is
+//! absorbed instead of being cut at a message count; they are never queued for disconnected
+//! sessions. When a bound is reached the NEW message is dropped, whatever its QoS, and
+//! counted in `messages_dropped`; older queued messages keep their order so a consumer that
+//! catches up sees a gap, never a reordering. Dropping is logged once per episode: a warning
+//! at the first drop, and how many were dropped once the queue has drained to half its
+//! bounds. A connected client whose socket stops draining fills its queue the same way: the
+//! connection moves messages into its write buffer only while that buffer is below a small
+//! high-water mark.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -27,6 +32,23 @@ use tokio::{sync::Notify, task::AbortHandle};
 
 use crate::message::{Message, Publication};
 
+/// How much one session may queue (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// QoS 1/2 messages.
+    pub messages: usize,
+    /// Bytes of messages of any QoS, as [`Outgoing::queued_size`] counts them.
+    pub bytes: usize,
+}
+
+impl QueueLimits {
+    /// Whether the queue has drained enough to call a dropping episode over: half of both
+    /// bounds, so that a consumer hovering at the limit logs one episode, not one per message.
+    fn has_room_again(&self, queue: &Queue) -> bool {
+        queue.acked_len() <= self.messages / 2 && queue.bytes() <= self.bytes / 2
+    }
+}
+
 /// One message for one session: the shared publication plus this delivery's options.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -36,6 +58,93 @@ pub struct Outgoing {
     pub sub_ids: Vec<u32>,
     /// The journal entry id; 0 when this delivery is not persisted.
     pub entry_id: u64,
+}
+
+impl Outgoing {
+    /// What this entry costs a queue, in bytes: the entry, the publication it shares (counted
+    /// in full for every session it fans out to: an upper bound), topic and payload.
+    pub fn queued_size(&self) -> usize {
+        std::mem::size_of::<Outgoing>()
+            + std::mem::size_of::<Publication>()
+            + self.sub_ids.len() * 4
+            + self.msg.topic.len()
+            + self.msg.payload.len()
+    }
+}
+
+/// A session's queue of messages waiting for the in-flight window, with the totals the
+/// slow-consumer bounds need. Keeps the `VecDeque` method names its users need.
+#[derive(Debug, Default)]
+pub struct Queue {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    /// QoS 1/2 entries.
+    acked: usize,
+}
+
+impl Queue {
+    pub fn push_back(&mut self, out: Outgoing) {
+        self.bytes += out.queued_size();
+        self.acked += usize::from(out.qos != QoS::AtMostOnce);
+        self.items.push_back(out);
+    }
+
+    pub fn pop_front(&mut self) -> Option<Outgoing> {
+        let out = self.items.pop_front()?;
+        self.bytes -= out.queued_size();
+        self.acked -= usize::from(out.qos != QoS::AtMostOnce);
+        Some(out)
+    }
+
+    pub fn front(&self) -> Option<&Outgoing> {
+        self.items.front()
+    }
+
+    pub fn clear(&mut self) {
+        *self = Queue::default();
+    }
+
+    /// Keeps only the messages `keep` accepts, in order, with the byte and QoS counts kept right.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Outgoing) -> bool) {
+        let (mut bytes, mut acked) = (self.bytes, self.acked);
+        self.items.retain(|out| {
+            let kept = keep(out);
+            if !kept {
+                bytes -= out.queued_size();
+                acked -= usize::from(out.qos != QoS::AtMostOnce);
+            }
+            kept
+        });
+        (self.bytes, self.acked) = (bytes, acked);
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Bytes queued, as [`Outgoing::queued_size`] counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// QoS 1/2 messages queued.
+    pub fn acked_len(&self) -> usize {
+        self.acked
+    }
+
+    /// Whether `out` must be dropped rather than queued. A message is always admitted into
+    /// an empty queue, so that one larger than the byte bound can still be delivered.
+    fn is_full_for(&self, out: &Outgoing, limits: QueueLimits) -> bool {
+        if self.items.is_empty() {
+            return false;
+        }
+        self.bytes + out.queued_size() > limits.bytes
+            || (out.qos != QoS::AtMostOnce && self.acked >= limits.messages)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +192,7 @@ pub struct SessionState {
     pub ended: bool,
     /// Raw filter (including any `$share/` prefix) -> options.
     pub subs: HashMap<String, SubRecord>,
-    pub queue: VecDeque<Outgoing>,
+    pub queue: Queue,
     pub inflight: VecDeque<Inflight>,
     /// Outbound window: the client's Receive Maximum capped by ours.
     pub send_quota: u16,
@@ -99,7 +208,8 @@ pub struct SessionState {
     /// it. `None` for a session recovered from a journal written before owners were
     /// recorded: nobody resumes it (see `Inner::attach`).
     pub owner: Option<Arc<str>>,
-    pub dropped: u64,
+    /// Messages dropped by the slow-consumer policy in the current episode (0: none).
+    pub dropping: u64,
 }
 
 impl SessionState {
@@ -218,7 +328,7 @@ impl Session {
     pub fn offer(
         &self,
         mut out: Outgoing,
-        max_queued: usize,
+        limits: QueueLimits,
         persist: impl FnOnce(&Outgoing) -> u64,
     ) -> Offer {
         if let Some(local) = &self.local {
@@ -231,9 +341,27 @@ impl Session {
         if st.ended || (st.conn.is_none() && out.qos == QoS::AtMostOnce) {
             return Offer::Skipped;
         }
-        if st.queue.len() >= max_queued {
-            st.dropped += 1;
+        if st.queue.is_full_for(&out, limits) {
+            if st.dropping == 0 {
+                tracing::warn!(
+                    client = %self.client_id,
+                    queued_messages = st.queue.len(),
+                    queued_bytes = st.queue.bytes(),
+                    "slow consumer: its queue is full, new messages are dropped until it catches up \
+                     (raise limits.max_queued_bytes or max_queued_messages if this client is just bursty)"
+                );
+            }
+            st.dropping += 1;
             return Offer::Dropped;
+        }
+        if st.dropping > 0 && limits.has_room_again(&st.queue) {
+            tracing::info!(
+                client = %self.client_id,
+                dropped = st.dropping,
+                "slow consumer caught up; {} messages were dropped",
+                st.dropping
+            );
+            st.dropping = 0;
         }
         if st.persistent && out.qos != QoS::AtMostOnce {
             out.entry_id = persist(&out);
@@ -275,6 +403,52 @@ mod tests {
             },
             stage: Stage::Published,
         }
+    }
+
+    fn outgoing(qos: QoS, payload: usize) -> Outgoing {
+        let mut o = inflight(1).out;
+        o.qos = qos;
+        o.msg = Arc::new(Publication::new(
+            ByteStr::from("topic"),
+            Bytes::from(vec![0; payload]),
+            qos,
+            false,
+            Default::default(),
+            0,
+        ));
+        o
+    }
+
+    /// The queue's totals follow every push and pop, and its bounds apply as documented:
+    /// bytes for every QoS, the message count for QoS 1/2 only, and an empty queue always
+    /// takes one message.
+    #[test]
+    fn queue_totals_and_bounds() {
+        let small = outgoing(QoS::AtMostOnce, 10).queued_size();
+        let limits = QueueLimits {
+            messages: 2,
+            bytes: 4 * small,
+        };
+        let mut q = Queue::default();
+        assert!(!q.is_full_for(&outgoing(QoS::AtMostOnce, 1 << 20), limits));
+        for _ in 0..4 {
+            assert!(!q.is_full_for(&outgoing(QoS::AtMostOnce, 10), limits));
+            q.push_back(outgoing(QoS::AtMostOnce, 10));
+        }
+        assert_eq!((q.len(), q.bytes(), q.acked_len()), (4, 4 * small, 0));
+        assert!(q.is_full_for(&outgoing(QoS::AtMostOnce, 10), limits));
+        q.pop_front();
+        q.pop_front();
+        q.push_back(outgoing(QoS::AtLeastOnce, 10));
+        q.push_back(outgoing(QoS::ExactlyOnce, 10));
+        assert_eq!(q.acked_len(), 2);
+        // Room for bytes would be there after a pop, but not for a third QoS 1/2 message.
+        q.pop_front();
+        assert!(q.is_full_for(&outgoing(QoS::AtLeastOnce, 10), limits));
+        assert!(!q.is_full_for(&outgoing(QoS::AtMostOnce, 10), limits));
+        while q.pop_front().is_some() {}
+        assert_eq!((q.len(), q.bytes(), q.acked_len()), (0, 0, 0));
+        assert!(limits.has_room_again(&q));
     }
 
     /// The cached run of free ids gives exactly what a scan per allocation gives: the next

@@ -110,6 +110,7 @@ pub struct LimitsConfig {
     pub max_packet_size: Option<u32>,
     pub receive_maximum: Option<u16>,
     pub max_queued_messages: Option<usize>,
+    pub max_queued_bytes: Option<usize>,
     pub connect_timeout_secs: Option<u64>,
     pub max_keepalive: Option<u16>,
     pub topic_alias_maximum: Option<u16>,
@@ -400,6 +401,10 @@ impl ServerConfig {
         limit(
             "max_queued_messages",
             l.max_queued_messages.map(|v| v.to_string()),
+        );
+        limit(
+            "max_queued_bytes",
+            l.max_queued_bytes.map(|v| v.to_string()),
         );
         limit(
             "connect_timeout_secs",

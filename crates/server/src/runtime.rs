@@ -415,6 +415,7 @@ fn limits(config: &ServerConfig) -> broker::Limits {
         max_packet_size: l.max_packet_size.unwrap_or(d.max_packet_size),
         receive_maximum: l.receive_maximum.unwrap_or(d.receive_maximum),
         max_queued_messages: l.max_queued_messages.unwrap_or(d.max_queued_messages),
+        max_queued_bytes: l.max_queued_bytes.unwrap_or(d.max_queued_bytes),
         connect_timeout: l
             .connect_timeout_secs
             .map(Duration::from_secs)
@@ -435,6 +436,7 @@ pub fn default_limits() -> crate::config::LimitsConfig {
         max_packet_size: Some(d.max_packet_size),
         receive_maximum: Some(d.receive_maximum),
         max_queued_messages: Some(d.max_queued_messages),
+        max_queued_bytes: Some(d.max_queued_bytes),
         connect_timeout_secs: Some(d.connect_timeout.as_secs()),
         max_keepalive: Some(d.max_keepalive),
         topic_alias_maximum: Some(d.topic_alias_maximum),

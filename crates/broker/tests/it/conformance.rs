@@ -103,43 +103,6 @@ async fn mqtt_3_1_2_25_oversized_fanout_message_is_discarded_and_later_ones_flow
 
 // ---- Will Delay ----
 
-/// Subscribes `watch` to `will/#`, then connects "ctrl" with a will to `will/ctrl` after
-/// `delay` seconds and drops it: its will is the marker that the delay has passed for every
-/// will scheduled before it.
-async fn will_marker(b: &TestBroker, watch: &mut TestClient, delay: u32) {
-    let ctrl = b
-        .client("ctrl")
-        .will("will/ctrl", "marker", Some(delay))
-        .expiry(60)
-        .connect()
-        .await;
-    drop(ctrl);
-    let got = watch.expect_publish().await;
-    assert_eq!(
-        &got.topic[..],
-        "will/ctrl",
-        "an earlier will was sent: {got:?}"
-    );
-}
-
-#[tokio::test]
-async fn mqtt_3_1_3_9_will_delay_cancelled_by_reconnect_after_drop() {
-    let b = TestBroker::start().await;
-    let mut watch = b.client("watch").connect().await;
-    watch.subscribe("will/#", QoS::AtLeastOnce).await;
-    let c = b
-        .client("w")
-        .clean(false)
-        .expiry(60)
-        .will("will/w", "gone", Some(1))
-        .connect()
-        .await;
-    drop(c);
-    wait_until("offline", || b.broker.stats().clients_connected == 1).await;
-    let _c = b.client("w").clean(false).expiry(60).connect().await;
-    will_marker(&b, &mut watch, 1).await;
-}
-
 #[tokio::test]
 async fn mqtt_3_1_3_9_will_delay_cancelled_by_takeover() {
     let b = TestBroker::start().await;
@@ -155,7 +118,7 @@ async fn mqtt_3_1_3_9_will_delay_cancelled_by_takeover() {
     let _second = b.client("w").clean(false).expiry(60).connect().await;
     let d = first.expect_disconnect().await.expect("DISCONNECT");
     assert_eq!(d.reason_code, ReasonCode::SessionTakenOver);
-    will_marker(&b, &mut watch, 1).await;
+    will_marker(&b, &mut watch, "will/ctrl", 1).await;
 }
 
 // ---- Malformed packets and protocol errors close the connection ----

@@ -358,13 +358,6 @@ impl TestClient {
         }
     }
 
-    /// Asserts nothing arrives within `ms` (a ping round trip proves the broker is idle).
-    pub async fn expect_nothing(&mut self, ms: u64) {
-        if let Ok(p) = tokio::time::timeout(Duration::from_millis(ms), self.framed.next()).await {
-            panic!("expected nothing, got {p:?}");
-        }
-    }
-
     /// Round trip: every packet the broker sent before the PINGRESP is returned.
     pub async fn sync(&mut self) -> Vec<Packet> {
         self.send(Packet::PingReq).await;
@@ -396,6 +389,21 @@ impl TestClient {
         self.send(Packet::Disconnect(Disconnect::default())).await;
         let _ = self.framed.close().await;
     }
+}
+
+/// With `watch` subscribed to `topic`: connects "ctrl" with a will to `topic` after `delay`
+/// seconds and drops it. Its will arriving first proves that no will scheduled before it
+/// with the same or a shorter delay was sent, without timing anything.
+pub async fn will_marker(b: &TestBroker, watch: &mut TestClient, topic: &str, delay: u32) {
+    let ctrl = b
+        .client("ctrl")
+        .will(topic, "marker", Some(delay))
+        .expiry(60)
+        .connect()
+        .await;
+    drop(ctrl);
+    let got = watch.expect_publish().await;
+    assert_eq!(&got.topic[..], topic, "an earlier will was sent: {got:?}");
 }
 
 /// Waits until `cond` holds, polling every 5 ms, for up to 5 s.

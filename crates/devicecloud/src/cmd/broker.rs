@@ -403,6 +403,9 @@ impl Settings {
         if let Some(v) = file.max_queued_messages {
             limits.max_queued_messages = v;
         }
+        if let Some(v) = file.max_queued_bytes {
+            limits.max_queued_bytes = v;
+        }
         if let Some(v) = file.connect_timeout_secs {
             limits.connect_timeout = Duration::from_secs(v);
         }
