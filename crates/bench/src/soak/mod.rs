@@ -333,7 +333,6 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         args.command_rate,
         commands_stop.clone(),
     ));
-    let mut died_after = None;
     let mut report_every = tokio::time::interval(Duration::from_secs(10));
     report_every.tick().await;
     let deadline = tokio::time::sleep(duration);
@@ -342,7 +341,6 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         tokio::select! {
             () = &mut deadline => break,
             () = server.died.cancelled() => {
-                died_after = Some(run_started.elapsed());
                 progress(t, "the server DIED");
                 break;
             }
@@ -411,7 +409,8 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             device::now_ms() + 60_000,
         )
         .await;
-        (Some(lost), checked)
+        // Answers that never came from a server that died meanwhile prove nothing either way.
+        (lost.filter(|_| server.is_alive()), checked)
     } else {
         (None, 0)
     };
@@ -426,6 +425,9 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let end = server.sample().or(server.last_sample());
     let peak = server.peak_rss_kib(run_started);
     let server_alive = server.is_alive();
+    let died_after = server
+        .died_at()
+        .map(|at| at.saturating_duration_since(run_started));
     let log_path = server.log_path.clone();
     let server_exit = server.stop().await;
     let cpu_pct = |a: Option<server::Sample>, b: Option<server::Sample>| {
@@ -486,7 +488,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         eprintln!(
             "server log (last lines of {}):\n{}",
             log_path.display(),
-            server::tail(&log_path, 15)
+            server::error_tail(&log_path, 15)
         );
     }
     if args.keep_data {
@@ -500,13 +502,14 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
 }
 
 /// Compares, device by device, the readings acknowledged to it with what the telemetry API
-/// returns; a store that is still catching up gets a few more looks. Returns (lost, checked).
+/// returns; a store that is still catching up gets a few more looks. Returns (lost, checked);
+/// lost is `None` when some device's telemetry could not be read at all.
 async fn check_stored(
     api: &Api,
     outcomes: &[device::DeviceOutcome],
     from: i64,
     to: i64,
-) -> (u64, usize) {
+) -> (Option<u64>, usize) {
     let expected: Vec<(usize, u64)> = outcomes
         .iter()
         .enumerate()
@@ -517,7 +520,7 @@ async fn check_stored(
         .filter(|(_, n)| *n > 0)
         .collect();
     let checked = expected.len();
-    let mut short: Vec<(usize, u64, u64)> = Vec::new();
+    let mut short: Vec<(usize, u64, Option<u64>)> = Vec::new();
     let mut pending = expected;
     for attempt in 0..5 {
         if attempt > 0 {
@@ -538,7 +541,7 @@ async fn check_stored(
             .into_iter()
             .filter_map(|(i, want, got)| match got {
                 Some(got) if got >= want => None,
-                got => Some((i, want, got.unwrap_or(0))),
+                got => Some((i, want, got)),
             })
             .collect();
         if short.is_empty() {
@@ -548,7 +551,7 @@ async fn check_stored(
     }
     let lost = short
         .iter()
-        .map(|&(_, want, got)| want - got.min(want))
+        .map(|&(_, want, got)| got.map(|got| want - got.min(want)))
         .sum();
     (lost, checked)
 }

@@ -85,7 +85,7 @@ impl Figures {
                 format!(
                     "server alive at the end{}",
                     self.died_after
-                        .map(|d| format!(" (died after {:.0} s of the run)", d.as_secs_f64()))
+                        .map(|d| format!(" (died {:.0} s after the run started)", d.as_secs_f64()))
                         .unwrap_or_default()
                 ),
                 self.server_alive,
@@ -279,7 +279,7 @@ pub fn print(f: &Figures, abuse: &AbuseReport) {
             format!(
                 "DIED{} ({})",
                 f.died_after
-                    .map(|d| format!(" after {:.0} s of the run", d.as_secs_f64()))
+                    .map(|d| format!(" {:.0} s after the run started", d.as_secs_f64()))
                     .unwrap_or_default(),
                 f.server_exit
                     .map_or("exit status unknown".to_string(), |s| s.to_string())
