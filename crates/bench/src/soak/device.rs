@@ -237,14 +237,19 @@ pub async fn run(spec: DeviceSpec, fleet: Arc<Fleet>, stop: CancellationToken) -
                     continue;
                 }
             };
-        retry = Duration::from_millis(500);
         if let Err(label) = announce(&client, &spec, fleet.interval).await {
             fleet
                 .stats
                 .disconnects
                 .add(format!("during setup: {label}"));
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(retry) => {}
+            }
+            retry = (retry * 2).min(Duration::from_secs(10));
             continue;
         }
+        retry = Duration::from_millis(500);
         fleet.online[spec.index].store(true, Ordering::Relaxed);
         if first {
             first = false;
