@@ -483,7 +483,10 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         died_after,
         defence_metrics,
     };
-    report::print(&figures, &abuse_report);
+    let attacks = args
+        .abuse()
+        .describe(args.deep_abusers, args.retained_abusers);
+    report::print(&figures, &attacks, &abuse_report);
     if !server_alive || !figures.passed() {
         eprintln!(
             "server log (last lines of {}):\n{}",

@@ -48,6 +48,37 @@ pub struct AbuseConfig {
     pub retained_payload: usize,
 }
 
+impl AbuseConfig {
+    /// One line per attack that runs, saying how hard it pushes.
+    pub fn describe(&self, deep_abusers: usize, retained_abusers: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for attack in &self.attacks {
+            out.push(match attack {
+                Attack::Login => format!(
+                    "login flood: {} parallel attempts per protocol (HTTPS, MQTT), at most {}/s each, \
+                     from 4,096 rotating addresses",
+                    self.login_workers, self.login_rate
+                ),
+                Attack::Deep => format!(
+                    "deep filters: {deep_abusers} devices, a {}-level filter each every {} s",
+                    self.deep_levels,
+                    self.deep_every.as_secs()
+                ),
+                Attack::Slowloris => format!(
+                    "slowloris: {} connections of each of 4 kinds, one byte every {} s",
+                    self.slowloris,
+                    self.drip.as_secs()
+                ),
+                Attack::Retained => format!(
+                    "retained flood: {retained_abusers} devices, {}/s in all, {} B each, new topic every time",
+                    self.retained_rate, self.retained_payload
+                ),
+            });
+        }
+        out
+    }
+}
+
 /// Where the attacks go, and who they are.
 #[derive(Clone)]
 pub struct Target {
