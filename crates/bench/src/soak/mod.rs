@@ -67,6 +67,9 @@ pub struct Args {
         default_value = "login,deep,slowloris,retained"
     )]
     pub attacks: Vec<Attack>,
+    /// Run no attack at all (a baseline for the same fleet and commands).
+    #[arg(long, conflicts_with = "attacks")]
+    pub no_attacks: bool,
     /// Parallel wrong logins per protocol (HTTPS and MQTT each).
     #[arg(long, default_value_t = 200)]
     pub login_workers: usize,
@@ -106,9 +109,17 @@ impl Args {
         Duration::from_secs(self.duration.unwrap_or(if self.quick { 30 } else { 120 }))
     }
 
+    fn attacks(&self) -> Vec<Attack> {
+        if self.no_attacks {
+            Vec::new()
+        } else {
+            self.attacks.clone()
+        }
+    }
+
     fn abuse(&self) -> AbuseConfig {
         AbuseConfig {
-            attacks: self.attacks.clone(),
+            attacks: self.attacks(),
             login_workers: self.login_workers,
             login_rate: self.login_rate,
             deep_levels: self.deep_levels,
@@ -122,7 +133,7 @@ impl Args {
 
     /// File descriptors this process needs at most (every device, attacker and slot at once).
     fn descriptors_needed(&self) -> usize {
-        let on = |a| self.attacks.contains(&a);
+        let on = |a| self.attacks().contains(&a);
         self.devices()
             + self.deep_abusers
             + self.retained_abusers
@@ -306,7 +317,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         format!(
             "running for {:.0} s with attacks: {:?}",
             duration.as_secs_f64(),
-            args.attacks
+            args.attacks()
         ),
     );
     let run_started = Instant::now();
