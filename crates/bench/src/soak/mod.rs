@@ -261,7 +261,12 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         interval,
         devices,
     ));
-    let devices_stop = CancellationToken::new();
+    let (drained_tx, mut drained) = tokio::sync::mpsc::unbounded_channel();
+    let life = device::Lifecycle {
+        stop: CancellationToken::new(),
+        drained: drained_tx,
+        leave: CancellationToken::new(),
+    };
     let mut device_tasks = Vec::with_capacity(devices);
     let connect_deadline = Instant::now() + Duration::from_secs(600);
     for spec in specs {
@@ -276,11 +281,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        device_tasks.push(tokio::spawn(device::run(
-            spec,
-            fleet.clone(),
-            devices_stop.clone(),
-        )));
+        device_tasks.push(tokio::spawn(device::run(spec, fleet.clone(), life.clone())));
         if device_tasks.len().is_multiple_of(2_000) {
             progress(
                 t,
@@ -325,7 +326,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let run_started_ms = device::now_ms();
     let load_cpu0 = procfs::cpu_seconds(std::process::id());
     let online_at_start = fleet.online_count();
-    let abuse = Abuse::start(
+    let mut abuse = Abuse::start(
         &args.abuse(),
         abuse::Target {
             mqtts: server.banner.mqtts,
@@ -373,18 +374,28 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         "stopping: waiting for the last command answers and attackers",
     );
     let command_stats = commands.await.unwrap_or_default();
-    let abuse_report = abuse.finish().await;
+    abuse.finish().await;
 
     // Stop publishing, collect the last PUBACKs, then see what arrived.
     progress(
         t,
         "stopping the fleet and collecting the last acknowledgements",
     );
-    devices_stop.cancel();
-    let mut outcomes = Vec::with_capacity(devices);
-    for task in device_tasks {
-        outcomes.push(task.await.unwrap_or_default());
-    }
+    life.stop.cancel();
+    let mut outcomes: Vec<device::DeviceOutcome> = (0..devices)
+        .map(|_| device::DeviceOutcome::default())
+        .collect();
+    // Every device reports once its PUBACKs are in (or after the drain timeout).
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        // Each device task holds a sender until it leaves: count, do not wait for the close.
+        for _ in 0..devices {
+            let Some((index, outcome)) = drained.recv().await else {
+                break;
+            };
+            outcomes[index] = outcome;
+        }
+    })
+    .await;
     let acked_total: u64 = outcomes.iter().map(|o| o.acked.len() as u64).sum();
     // The watcher may still be receiving what was acknowledged last: wait until the count
     // stops growing (or covers everything).
@@ -396,17 +407,6 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             last = (now, Instant::now());
         }
     }
-    let watcher_disconnects = watcher.disconnects.summary();
-    let seen = watcher.finish().await;
-    let mut lost_subscriber = 0;
-    let mut received_distinct = 0;
-    let mut duplicates = 0;
-    for (outcome, received) in outcomes.iter().zip(&seen.received) {
-        lost_subscriber += watcher::missing(&outcome.acked, received);
-        duplicates += watcher::duplicates(received);
-        received_distinct += (received.len() as u64) - watcher::duplicates(received);
-    }
-
     // What the server stored, device by device, through the telemetry API.
     let (lost_stored, stored_checked) = if server.is_alive() {
         progress(
@@ -425,6 +425,38 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     } else {
         (None, 0)
     };
+    // The watcher leaves only now: its (persistent) session going offline is part of the
+    // teardown, after every figure is in.
+    let watcher_disconnects = watcher.disconnects.summary();
+    let seen = watcher.finish().await;
+    let mut lost_subscriber = 0;
+    let mut received_distinct = 0;
+    let mut duplicates = 0;
+    for (outcome, received) in outcomes.iter().zip(&seen.received) {
+        lost_subscriber += watcher::missing(&outcome.acked, received);
+        duplicates += watcher::duplicates(received);
+        received_distinct += (received.len() as u64) - watcher::duplicates(received);
+    }
+
+    // Everything is counted: the fleet leaves (clean DISCONNECTs), then the deep-filter
+    // abusers; the server must survive both.
+    progress(t, "the fleet disconnects");
+    life.leave.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        for task in device_tasks {
+            let _ = task.await;
+        }
+    })
+    .await;
+    // The deep-filter abusers leave last, so that a crash on their way out cannot hide the
+    // figures above; the server must survive it all the same.
+    progress(t, "letting the deep-filter abusers disconnect");
+    let abuse_report = abuse.release().await;
+    let mut settle = tokio::time::interval(Duration::from_millis(200));
+    for _ in 0..10 {
+        // A few samples: a server that is about to die has a moment to do so.
+        settle.tick().await;
+    }
     let defence_metrics = if server.is_alive() {
         api.metrics()
             .await

@@ -114,7 +114,12 @@ impl ServerProc {
             .arg(data_dir)
             .args(["--listen", "mqtts://127.0.0.1:0"])
             .args(["--listen", "https://127.0.0.1:0"])
-            .env("DEVICECLOUD_LOG", "warn")
+            // Quiet by default (the login flood alone writes a line per attempt at info);
+            // DEVICECLOUD_LOG in the soak's environment overrides it.
+            .env(
+                "DEVICECLOUD_LOG",
+                std::env::var("DEVICECLOUD_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -106,13 +106,18 @@ pub struct AbuseReport {
 pub struct Abuse {
     pub report: AbuseReport,
     tasks: JoinSet<()>,
+    /// Attackers that stay connected after the stop until [`Abuse::release`].
+    holders: JoinSet<()>,
     stop: CancellationToken,
+    release: CancellationToken,
 }
 
 impl Abuse {
     pub fn start(config: &AbuseConfig, target: Target) -> anyhow::Result<Abuse> {
         let stop = CancellationToken::new();
+        let release = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let mut holders = JoinSet::new();
         let mut report = AbuseReport::default();
         let on = |a: Attack| config.attacks.contains(&a);
         if on(Attack::Login) {
@@ -138,14 +143,17 @@ impl Abuse {
         }
         if on(Attack::Deep) {
             for (k, spec) in target.deep_abusers.iter().enumerate() {
-                tasks.spawn(deep::abuser(
+                holders.spawn(deep::abuser(
                     target.clone(),
                     spec.clone(),
                     k,
-                    config.deep_levels,
-                    config.deep_every,
+                    deep::DeepShape {
+                        levels: config.deep_levels,
+                        every: config.deep_every,
+                    },
                     report.deep.clone(),
                     stop.clone(),
+                    release.clone(),
                 ));
             }
         }
@@ -183,18 +191,32 @@ impl Abuse {
         Ok(Abuse {
             report,
             tasks,
+            holders,
             stop,
+            release,
         })
     }
 
-    /// Stops every attack and waits for the attackers to record their last outcome.
-    pub async fn finish(mut self) -> AbuseReport {
+    /// Stops every attack and waits for the attackers to record their last outcome; the
+    /// deep-filter abusers stay connected until [`Abuse::release`].
+    pub async fn finish(&mut self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(40), async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
         self.tasks.abort_all();
+    }
+
+    /// Lets the remaining attackers disconnect.
+    pub async fn release(mut self) -> AbuseReport {
+        self.stop.cancel();
+        self.release.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.holders.join_next().await.is_some() {}
+        })
+        .await;
+        self.holders.abort_all();
         self.report
     }
 }
