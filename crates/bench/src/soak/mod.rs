@@ -532,8 +532,13 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     report::print(&figures, &attacks, &abuse_report);
     if !server_alive || !figures.passed() {
         eprintln!(
-            "server log (last lines of {}):\n{}",
+            "server log {}{}, errors:\n{}",
             log_path.display(),
+            if args.keep_data {
+                ""
+            } else {
+                " (deleted at exit; --keep-data keeps it)"
+            },
             server::error_tail(&log_path, 15)
         );
     }

@@ -265,16 +265,18 @@ async fn monitor(
     }
 }
 
-/// The last `n` lines of the server log that speak of errors or crashes (the login flood
-/// fills the log with refusals, which say nothing new).
+/// The last `n` lines of the server log that speak of errors, dropped data or crashes (the
+/// login flood fills the log with refusals, which say nothing new).
 pub fn error_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| {
-            ["ERROR", "panic", "overflow", "fatal", "abort", "killed"]
-                .iter()
-                .any(|w| l.contains(w))
+            [
+                "ERROR", "panic", "overflow", "fatal", "abort", "killed", "dropping",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
         })
         .collect();
     if lines.is_empty() {
