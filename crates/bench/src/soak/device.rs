@@ -23,6 +23,7 @@ use proto::{
     payload::{Ack, Command, Meta, Port, Reading, Sensor, StateReport, ValueType},
     topics,
 };
+use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
@@ -211,7 +212,22 @@ fn message(topic: String, payload: Vec<u8>, retain: bool) -> Publish {
 type Pending = (u64, i64, f64);
 
 /// Runs one device until `stop`, then waits for its outstanding PUBACKs and disconnects.
-pub async fn run(spec: DeviceSpec, fleet: Arc<Fleet>, stop: CancellationToken) -> DeviceOutcome {
+/// When a device stops publishing and when it leaves: the figures are collected in between,
+/// with every device still connected.
+#[derive(Clone)]
+pub struct Lifecycle {
+    /// Stop publishing and collect the outstanding PUBACKs.
+    pub stop: CancellationToken,
+    /// Receives each device's outcome once its PUBACKs are in.
+    pub drained: mpsc::UnboundedSender<(usize, DeviceOutcome)>,
+    /// Disconnect.
+    pub leave: CancellationToken,
+}
+
+/// Runs one device until `stop`, collects its outstanding PUBACKs, reports its outcome, and
+/// disconnects cleanly at `leave`.
+pub async fn run(spec: DeviceSpec, fleet: Arc<Fleet>, life: Lifecycle) {
+    let stop = life.stop.clone();
     let options = device_options(&spec);
     let from = net::DEVICE_ADDRS.nth(spec.index / net::DEVICES_PER_ADDRESS);
     let mut outcome = DeviceOutcome::default();
@@ -219,6 +235,7 @@ pub async fn run(spec: DeviceSpec, fleet: Arc<Fleet>, stop: CancellationToken) -
     // Readings without PUBACK, oldest first; sent again after a reconnect.
     let mut outbox: VecDeque<Pending> = VecDeque::new();
     let mut first = true;
+    let mut kept = None;
     let mut retry = Duration::from_millis(500);
     let phase = spread(spec.index, fleet.interval);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, fleet.interval);
@@ -237,14 +254,19 @@ pub async fn run(spec: DeviceSpec, fleet: Arc<Fleet>, stop: CancellationToken) -
                     continue;
                 }
             };
-        retry = Duration::from_millis(500);
         if let Err(label) = announce(&client, &spec, fleet.interval).await {
             fleet
                 .stats
                 .disconnects
                 .add(format!("during setup: {label}"));
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(retry) => {}
+            }
+            retry = (retry * 2).min(Duration::from_secs(10));
             continue;
         }
+        retry = Duration::from_millis(500);
         fleet.online[spec.index].store(true, Ordering::Relaxed);
         if first {
             first = false;
@@ -315,11 +337,16 @@ pub async fn run(spec: DeviceSpec, fleet: Arc<Fleet>, stop: CancellationToken) -
             while replies.next().await.is_some() {}
         };
         let _ = tokio::time::timeout(DRAIN_WITHIN, drain).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
+        kept = Some((client, events));
         break;
     }
     outcome.unacked = outbox.len() as u64;
-    outcome
+    let _ = life.drained.send((spec.index, outcome));
+    if let Some((client, _events)) = kept {
+        life.leave.cancelled().await;
+        // A clean DISCONNECT: no will.
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
+    }
 }
 
 fn settle(

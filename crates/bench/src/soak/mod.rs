@@ -67,6 +67,9 @@ pub struct Args {
         default_value = "login,deep,slowloris,retained"
     )]
     pub attacks: Vec<Attack>,
+    /// Run no attack at all (a baseline for the same fleet and commands).
+    #[arg(long, conflicts_with = "attacks")]
+    pub no_attacks: bool,
     /// Parallel wrong logins per protocol (HTTPS and MQTT each).
     #[arg(long, default_value_t = 200)]
     pub login_workers: usize,
@@ -106,9 +109,17 @@ impl Args {
         Duration::from_secs(self.duration.unwrap_or(if self.quick { 30 } else { 120 }))
     }
 
+    fn attacks(&self) -> Vec<Attack> {
+        if self.no_attacks {
+            Vec::new()
+        } else {
+            self.attacks.clone()
+        }
+    }
+
     fn abuse(&self) -> AbuseConfig {
         AbuseConfig {
-            attacks: self.attacks.clone(),
+            attacks: self.attacks(),
             login_workers: self.login_workers,
             login_rate: self.login_rate,
             deep_levels: self.deep_levels,
@@ -122,7 +133,7 @@ impl Args {
 
     /// File descriptors this process needs at most (every device, attacker and slot at once).
     fn descriptors_needed(&self) -> usize {
-        let on = |a| self.attacks.contains(&a);
+        let on = |a| self.attacks().contains(&a);
         self.devices()
             + self.deep_abusers
             + self.retained_abusers
@@ -250,7 +261,12 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         interval,
         devices,
     ));
-    let devices_stop = CancellationToken::new();
+    let (drained_tx, mut drained) = tokio::sync::mpsc::unbounded_channel();
+    let life = device::Lifecycle {
+        stop: CancellationToken::new(),
+        drained: drained_tx,
+        leave: CancellationToken::new(),
+    };
     let mut device_tasks = Vec::with_capacity(devices);
     let connect_deadline = Instant::now() + Duration::from_secs(600);
     for spec in specs {
@@ -265,11 +281,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        device_tasks.push(tokio::spawn(device::run(
-            spec,
-            fleet.clone(),
-            devices_stop.clone(),
-        )));
+        device_tasks.push(tokio::spawn(device::run(spec, fleet.clone(), life.clone())));
         if device_tasks.len().is_multiple_of(2_000) {
             progress(
                 t,
@@ -306,7 +318,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         format!(
             "running for {:.0} s with attacks: {:?}",
             duration.as_secs_f64(),
-            args.attacks
+            args.attacks()
         ),
     );
     let run_started = Instant::now();
@@ -314,7 +326,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let run_started_ms = device::now_ms();
     let load_cpu0 = procfs::cpu_seconds(std::process::id());
     let online_at_start = fleet.online_count();
-    let abuse = Abuse::start(
+    let mut abuse = Abuse::start(
         &args.abuse(),
         abuse::Target {
             mqtts: server.banner.mqtts,
@@ -333,7 +345,6 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         args.command_rate,
         commands_stop.clone(),
     ));
-    let mut died_after = None;
     let mut report_every = tokio::time::interval(Duration::from_secs(10));
     report_every.tick().await;
     let deadline = tokio::time::sleep(duration);
@@ -342,7 +353,6 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         tokio::select! {
             () = &mut deadline => break,
             () = server.died.cancelled() => {
-                died_after = Some(run_started.elapsed());
                 progress(t, "the server DIED");
                 break;
             }
@@ -364,18 +374,28 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         "stopping: waiting for the last command answers and attackers",
     );
     let command_stats = commands.await.unwrap_or_default();
-    let abuse_report = abuse.finish().await;
+    abuse.finish().await;
 
     // Stop publishing, collect the last PUBACKs, then see what arrived.
     progress(
         t,
         "stopping the fleet and collecting the last acknowledgements",
     );
-    devices_stop.cancel();
-    let mut outcomes = Vec::with_capacity(devices);
-    for task in device_tasks {
-        outcomes.push(task.await.unwrap_or_default());
-    }
+    life.stop.cancel();
+    let mut outcomes: Vec<device::DeviceOutcome> = (0..devices)
+        .map(|_| device::DeviceOutcome::default())
+        .collect();
+    // Every device reports once its PUBACKs are in (or after the drain timeout).
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        // Each device task holds a sender until it leaves: count, do not wait for the close.
+        for _ in 0..devices {
+            let Some((index, outcome)) = drained.recv().await else {
+                break;
+            };
+            outcomes[index] = outcome;
+        }
+    })
+    .await;
     let acked_total: u64 = outcomes.iter().map(|o| o.acked.len() as u64).sum();
     // The watcher may still be receiving what was acknowledged last: wait until the count
     // stops growing (or covers everything).
@@ -387,17 +407,6 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             last = (now, Instant::now());
         }
     }
-    let watcher_disconnects = watcher.disconnects.summary();
-    let seen = watcher.finish().await;
-    let mut lost_subscriber = 0;
-    let mut received_distinct = 0;
-    let mut duplicates = 0;
-    for (outcome, received) in outcomes.iter().zip(&seen.received) {
-        lost_subscriber += watcher::missing(&outcome.acked, received);
-        duplicates += watcher::duplicates(received);
-        received_distinct += (received.len() as u64) - watcher::duplicates(received);
-    }
-
     // What the server stored, device by device, through the telemetry API.
     let (lost_stored, stored_checked) = if server.is_alive() {
         progress(
@@ -411,10 +420,43 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             device::now_ms() + 60_000,
         )
         .await;
-        (Some(lost), checked)
+        // Answers that never came from a server that died meanwhile prove nothing either way.
+        (lost.filter(|_| server.is_alive()), checked)
     } else {
         (None, 0)
     };
+    // The watcher leaves only now: its (persistent) session going offline is part of the
+    // teardown, after every figure is in.
+    let watcher_disconnects = watcher.disconnects.summary();
+    let seen = watcher.finish().await;
+    let mut lost_subscriber = 0;
+    let mut received_distinct = 0;
+    let mut duplicates = 0;
+    for (outcome, received) in outcomes.iter().zip(&seen.received) {
+        lost_subscriber += watcher::missing(&outcome.acked, received);
+        duplicates += watcher::duplicates(received);
+        received_distinct += (received.len() as u64) - watcher::duplicates(received);
+    }
+
+    // Everything is counted: the fleet leaves (clean DISCONNECTs), then the deep-filter
+    // abusers; the server must survive both.
+    progress(t, "the fleet disconnects");
+    life.leave.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        for task in device_tasks {
+            let _ = task.await;
+        }
+    })
+    .await;
+    // The deep-filter abusers leave last, so that a crash on their way out cannot hide the
+    // figures above; the server must survive it all the same.
+    progress(t, "letting the deep-filter abusers disconnect");
+    let abuse_report = abuse.release().await;
+    let mut settle = tokio::time::interval(Duration::from_millis(200));
+    for _ in 0..10 {
+        // A few samples: a server that is about to die has a moment to do so.
+        settle.tick().await;
+    }
     let defence_metrics = if server.is_alive() {
         api.metrics()
             .await
@@ -426,6 +468,9 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let end = server.sample().or(server.last_sample());
     let peak = server.peak_rss_kib(run_started);
     let server_alive = server.is_alive();
+    let died_after = server
+        .died_at()
+        .map(|at| at.saturating_duration_since(run_started));
     let log_path = server.log_path.clone();
     let server_exit = server.stop().await;
     let cpu_pct = |a: Option<server::Sample>, b: Option<server::Sample>| {
@@ -481,12 +526,20 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         died_after,
         defence_metrics,
     };
-    report::print(&figures, &abuse_report);
+    let attacks = args
+        .abuse()
+        .describe(args.deep_abusers, args.retained_abusers);
+    report::print(&figures, &attacks, &abuse_report);
     if !server_alive || !figures.passed() {
         eprintln!(
-            "server log (last lines of {}):\n{}",
+            "server log {}{}, errors:\n{}",
             log_path.display(),
-            server::tail(&log_path, 15)
+            if args.keep_data {
+                ""
+            } else {
+                " (deleted at exit; --keep-data keeps it)"
+            },
+            server::error_tail(&log_path, 15)
         );
     }
     if args.keep_data {
@@ -500,13 +553,14 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
 }
 
 /// Compares, device by device, the readings acknowledged to it with what the telemetry API
-/// returns; a store that is still catching up gets a few more looks. Returns (lost, checked).
+/// returns; a store that is still catching up gets a few more looks. Returns (lost, checked);
+/// lost is `None` when some device's telemetry could not be read at all.
 async fn check_stored(
     api: &Api,
     outcomes: &[device::DeviceOutcome],
     from: i64,
     to: i64,
-) -> (u64, usize) {
+) -> (Option<u64>, usize) {
     let expected: Vec<(usize, u64)> = outcomes
         .iter()
         .enumerate()
@@ -517,7 +571,7 @@ async fn check_stored(
         .filter(|(_, n)| *n > 0)
         .collect();
     let checked = expected.len();
-    let mut short: Vec<(usize, u64, u64)> = Vec::new();
+    let mut short: Vec<(usize, u64, Option<u64>)> = Vec::new();
     let mut pending = expected;
     for attempt in 0..5 {
         if attempt > 0 {
@@ -538,7 +592,7 @@ async fn check_stored(
             .into_iter()
             .filter_map(|(i, want, got)| match got {
                 Some(got) if got >= want => None,
-                got => Some((i, want, got.unwrap_or(0))),
+                got => Some((i, want, got)),
             })
             .collect();
         if short.is_empty() {
@@ -548,7 +602,7 @@ async fn check_stored(
     }
     let lost = short
         .iter()
-        .map(|&(_, want, got)| want - got.min(want))
+        .map(|&(_, want, got)| got.map(|got| want - got.min(want)))
         .sum();
     (lost, checked)
 }

@@ -85,7 +85,7 @@ impl Figures {
                 format!(
                     "server alive at the end{}",
                     self.died_after
-                        .map(|d| format!(" (died after {:.0} s of the run)", d.as_secs_f64()))
+                        .map(|d| format!(" (died {:.0} s after the run started)", d.as_secs_f64()))
                         .unwrap_or_default()
                 ),
                 self.server_alive,
@@ -140,7 +140,7 @@ fn pct(p: Option<f64>) -> String {
     p.map_or("-".to_string(), |p| format!("{p:.0}%"))
 }
 
-pub fn print(f: &Figures, abuse: &AbuseReport) {
+pub fn print(f: &Figures, attacks: &[String], abuse: &AbuseReport) {
     let n = |v: u64| thousands(v);
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
@@ -228,6 +228,9 @@ pub fn print(f: &Figures, abuse: &AbuseReport) {
                 .map_or("more than 1% unconfirmed".to_string(), ms)
         ),
     );
+    for attack in attacks {
+        row("attack", attack.clone());
+    }
     row("abuse: login flood, HTTPS", abuse.login_http.summary());
     row("abuse: login flood, MQTT", abuse.login_mqtt.summary());
     row("abuse: deep filters", abuse.deep.summary());
@@ -279,7 +282,7 @@ pub fn print(f: &Figures, abuse: &AbuseReport) {
             format!(
                 "DIED{} ({})",
                 f.died_after
-                    .map(|d| format!(" after {:.0} s of the run", d.as_secs_f64()))
+                    .map(|d| format!(" {:.0} s after the run started", d.as_secs_f64()))
                     .unwrap_or_default(),
                 f.server_exit
                     .map_or("exit status unknown".to_string(), |s| s.to_string())

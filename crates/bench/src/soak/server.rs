@@ -85,6 +85,7 @@ pub struct ServerProc {
     samples: Arc<Mutex<Vec<Sample>>>,
     /// Cancelled by the monitor when the server exits on its own.
     pub died: CancellationToken,
+    died_at: Arc<Mutex<Option<Instant>>>,
     stop: CancellationToken,
     monitor: tokio::task::JoinHandle<Option<ExitStatus>>,
 }
@@ -113,7 +114,12 @@ impl ServerProc {
             .arg(data_dir)
             .args(["--listen", "mqtts://127.0.0.1:0"])
             .args(["--listen", "https://127.0.0.1:0"])
-            .env("DEVICECLOUD_LOG", "warn")
+            // Quiet by default (the login flood alone writes a line per attempt at info);
+            // DEVICECLOUD_LOG in the soak's environment overrides it.
+            .env(
+                "DEVICECLOUD_LOG",
+                std::env::var("DEVICECLOUD_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -143,7 +149,7 @@ impl ServerProc {
             bail!(
                 "the server exited ({status}) before it was ready; its log ({}):\n{}",
                 log_path.display(),
-                tail(log_path, 30)
+                error_tail(log_path, 30)
             );
         }
         // Nothing else is expected on stdout; drain it so the server never blocks on a pipe.
@@ -154,11 +160,12 @@ impl ServerProc {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let died = CancellationToken::new();
         let stop = CancellationToken::new();
+        let died_at = Arc::new(Mutex::new(None));
         let monitor = tokio::spawn(monitor(
             child,
             pid,
             samples.clone(),
-            died.clone(),
+            (died.clone(), died_at.clone()),
             stop.clone(),
         ));
         Ok(ServerProc {
@@ -168,6 +175,7 @@ impl ServerProc {
             log_path: log_path.to_path_buf(),
             samples,
             died,
+            died_at,
             stop,
             monitor,
         })
@@ -175,6 +183,11 @@ impl ServerProc {
 
     pub fn is_alive(&self) -> bool {
         !self.died.is_cancelled()
+    }
+
+    /// When the server exited on its own, if it did.
+    pub fn died_at(&self) -> Option<Instant> {
+        *self.died_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A fresh reading (not waiting for the monitor's next one).
@@ -217,7 +230,7 @@ async fn monitor(
     mut child: Child,
     pid: u32,
     samples: Arc<Mutex<Vec<Sample>>>,
-    died: CancellationToken,
+    (died, died_at): (CancellationToken, Arc<Mutex<Option<Instant>>>),
     stop: CancellationToken,
 ) -> Option<ExitStatus> {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
@@ -225,6 +238,7 @@ async fn monitor(
         tokio::select! {
             () = stop.cancelled() => break,
             status = child.wait() => {
+                *died_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 died.cancel();
                 return status.ok();
             }
@@ -251,10 +265,23 @@ async fn monitor(
     }
 }
 
-/// The last `n` lines of a file.
-pub fn tail(path: &Path, n: usize) -> String {
+/// The last `n` lines of the server log that speak of errors, dropped data or crashes (the
+/// login flood fills the log with refusals, which say nothing new).
+pub fn error_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            [
+                "ERROR", "panic", "overflow", "fatal", "abort", "killed", "dropping",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
+        })
+        .collect();
+    if lines.is_empty() {
+        return "(no errors logged)".to_string();
+    }
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 

@@ -93,7 +93,11 @@ impl Watcher {
                                 }
                             }
                             other => {
-                                disconnects.add(format!("{other:?}").chars().take(80).collect::<String>());
+                                let reason = match other {
+                                    Some(Event::Disconnected(reason)) => format!("{reason:?}"),
+                                    _ => "connection task ended".to_string(),
+                                };
+                                disconnects.add(reason.chars().take(60).collect::<String>());
                                 // Reconnect to the persistent session; its queue held meanwhile.
                                 loop {
                                     if stop.is_cancelled() {

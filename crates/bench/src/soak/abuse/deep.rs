@@ -1,6 +1,8 @@
 //! Deep filters: a registered device, with its own valid credentials, subscribes to a filter
 //! of tens of thousands of levels under its own `devices/{id}/set/` (issue 8: about 30,000
-//! levels overflowed the server's stack), again every few seconds.
+//! levels overflowed the server's stack), again every few seconds. When the attacks stop, the
+//! abusers stay connected (their subscriptions in place) until released: the legitimate
+//! traffic is verified first, and what their leaving does to the server is seen after that.
 
 use std::time::Duration;
 
@@ -27,14 +29,21 @@ pub fn deep_filter(id: &str, levels: usize) -> String {
     filter
 }
 
+/// How deep, how often.
+#[derive(Debug, Clone, Copy)]
+pub struct DeepShape {
+    pub levels: usize,
+    pub every: Duration,
+}
+
 pub async fn abuser(
     target: Target,
     spec: DeviceSpec,
     slot: usize,
-    levels: usize,
-    every: Duration,
+    DeepShape { levels, every }: DeepShape,
     tally: Tally,
     stop: CancellationToken,
+    release: CancellationToken,
 ) {
     let options = device::device_options(&spec);
     let filter = deep_filter(&spec.id, levels);
@@ -57,7 +66,11 @@ pub async fn abuser(
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    release.cancelled().await;
+                    drop(client);
+                    return;
+                }
                 _ = tick.tick() => {}
             }
             let subscription = Subscription {
@@ -65,7 +78,11 @@ pub async fn abuser(
                 options: SubscribeOptions::qos(QoS::AtLeastOnce),
             };
             let answer = tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    release.cancelled().await;
+                    drop(client);
+                    return;
+                }
                 a = tokio::time::timeout(
                     Duration::from_secs(30),
                     client.subscribe_many(vec![subscription], SubscribeProperties::default()),

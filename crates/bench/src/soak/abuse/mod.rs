@@ -48,6 +48,37 @@ pub struct AbuseConfig {
     pub retained_payload: usize,
 }
 
+impl AbuseConfig {
+    /// One line per attack that runs, saying how hard it pushes.
+    pub fn describe(&self, deep_abusers: usize, retained_abusers: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for attack in &self.attacks {
+            out.push(match attack {
+                Attack::Login => format!(
+                    "login flood: {} parallel attempts per protocol (HTTPS, MQTT), at most {}/s each, \
+                     from 4,096 rotating addresses",
+                    self.login_workers, self.login_rate
+                ),
+                Attack::Deep => format!(
+                    "deep filters: {deep_abusers} devices, a {}-level filter each every {} s",
+                    self.deep_levels,
+                    self.deep_every.as_secs()
+                ),
+                Attack::Slowloris => format!(
+                    "slowloris: {} connections of each of 4 kinds, one byte every {} s",
+                    self.slowloris,
+                    self.drip.as_secs()
+                ),
+                Attack::Retained => format!(
+                    "retained flood: {retained_abusers} devices, {}/s in all, {} B each, new topic every time",
+                    self.retained_rate, self.retained_payload
+                ),
+            });
+        }
+        out
+    }
+}
+
 /// Where the attacks go, and who they are.
 #[derive(Clone)]
 pub struct Target {
@@ -75,13 +106,18 @@ pub struct AbuseReport {
 pub struct Abuse {
     pub report: AbuseReport,
     tasks: JoinSet<()>,
+    /// Attackers that stay connected after the stop until [`Abuse::release`].
+    holders: JoinSet<()>,
     stop: CancellationToken,
+    release: CancellationToken,
 }
 
 impl Abuse {
     pub fn start(config: &AbuseConfig, target: Target) -> anyhow::Result<Abuse> {
         let stop = CancellationToken::new();
+        let release = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let mut holders = JoinSet::new();
         let mut report = AbuseReport::default();
         let on = |a: Attack| config.attacks.contains(&a);
         if on(Attack::Login) {
@@ -107,14 +143,17 @@ impl Abuse {
         }
         if on(Attack::Deep) {
             for (k, spec) in target.deep_abusers.iter().enumerate() {
-                tasks.spawn(deep::abuser(
+                holders.spawn(deep::abuser(
                     target.clone(),
                     spec.clone(),
                     k,
-                    config.deep_levels,
-                    config.deep_every,
+                    deep::DeepShape {
+                        levels: config.deep_levels,
+                        every: config.deep_every,
+                    },
                     report.deep.clone(),
                     stop.clone(),
+                    release.clone(),
                 ));
             }
         }
@@ -152,18 +191,32 @@ impl Abuse {
         Ok(Abuse {
             report,
             tasks,
+            holders,
             stop,
+            release,
         })
     }
 
-    /// Stops every attack and waits for the attackers to record their last outcome.
-    pub async fn finish(mut self) -> AbuseReport {
+    /// Stops every attack and waits for the attackers to record their last outcome; the
+    /// deep-filter abusers stay connected until [`Abuse::release`].
+    pub async fn finish(&mut self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(40), async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
         self.tasks.abort_all();
+    }
+
+    /// Lets the remaining attackers disconnect.
+    pub async fn release(mut self) -> AbuseReport {
+        self.stop.cancel();
+        self.release.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.holders.join_next().await.is_some() {}
+        })
+        .await;
+        self.holders.abort_all();
         self.report
     }
 }
