@@ -119,8 +119,9 @@ pub struct Limits {
     /// Cap on a session's expiry interval, seconds. Applies to MQTT 3.1/3.1.1 persistent
     /// sessions (`clean session = 0`, which the spec lets live forever) as well.
     pub max_session_expiry: u32,
-    /// Levels (`/`-separated) in a topic name or filter; more are refused (v5 PUBACK or
-    /// DISCONNECT 0x90 / SUBACK 0x8F, v3 close / SUBACK 0x80).
+    /// Levels (`/`-separated) in a topic name or filter (of a shared one, after
+    /// `$share/{group}/`); more are refused (v5 PUBACK or DISCONNECT 0x90 / SUBACK 0x8F,
+    /// v3 close / SUBACK 0x80).
     pub max_topic_levels: usize,
     /// Bytes in a topic name or filter (including a `$share/{group}/` prefix); refused like
     /// `max_topic_levels`.
@@ -672,16 +673,20 @@ impl Inner {
         }
     }
 
-    /// Checks a topic name or filter against `max_topic_levels` and `max_topic_length`
-    /// (counted in `topic_limit_exceeded` when refused).
+    /// Checks a topic name or filter against `max_topic_levels` (for `$share/{group}/{filter}`,
+    /// the levels of `filter`) and `max_topic_length` (the whole string); counted in
+    /// `topic_limit_exceeded` when refused.
     pub fn check_topic_limits(&self, topic: &str) -> Result<(), String> {
         let limits = &self.config.limits;
-        codec::topic::check_limits(topic, limits.max_topic_levels, limits.max_topic_length).map_err(
-            |e| {
+        let levels_of = codec::topic::parse_shared(topic).map_or(topic, |s| s.filter);
+        codec::topic::check_limits(topic, usize::MAX, limits.max_topic_length)
+            .and_then(|()| {
+                codec::topic::check_limits(levels_of, limits.max_topic_levels, usize::MAX)
+            })
+            .map_err(|e| {
                 Counters::add(&self.counters.topic_limit_exceeded, 1);
                 e.to_string()
-            },
-        )
+            })
     }
 
     /// Like [`Inner::end_session`] for a session already replaced in the table.

@@ -227,34 +227,39 @@ impl<T> Trie<T> {
 
     /// Calls `visit` for every subscription whose filter matches the topic name `topic`.
     /// Wildcards at the first level do not match topics starting with `$` (MQTT-4.7.2-1).
-    /// Iterative (an explicit stack of branches still to walk): the depth comes from the
-    /// publisher.
+    /// Iterative: the depth comes from the publisher. The walk follows one branch at a time
+    /// and stacks the other only where a level has both an exact child and `+`, so a
+    /// publish without such forks allocates nothing.
     pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(Match<'a, T>)) {
         let dollar = topic.starts_with('$');
-        let mut stack: Vec<(&'a Node<T>, Option<&str>, bool)> =
-            vec![(&self.root, Some(topic), true)];
-        while let Some((node, rest, first)) = stack.pop() {
+        let mut forks: Vec<(&'a Node<T>, Option<&str>)> = Vec::new();
+        let mut current = Some((&self.root, Some(topic), true));
+        while let Some((node, rest, first)) = current
+            .take()
+            .or_else(|| forks.pop().map(|(n, r)| (n, r, false)))
+        {
             let wild_ok = !(first && dollar);
             if wild_ok && let Some(h) = &node.hash {
                 // `a/#` matches `a` itself as well as everything below it.
                 visit_leaf(h, &mut visit);
             }
-            match rest {
-                None => {
-                    if let Some(l) = &node.leaf {
-                        visit_leaf(l, &mut visit);
-                    }
+            let Some(r) = rest else {
+                if let Some(l) = &node.leaf {
+                    visit_leaf(l, &mut visit);
                 }
-                Some(r) => {
-                    let (level, next) = split_level(r);
-                    if let Some(c) = node.children.get(level) {
-                        stack.push((c, next, false));
-                    }
-                    if wild_ok && let Some(p) = &node.plus {
-                        stack.push((p, next, false));
-                    }
+                continue;
+            };
+            let (level, next) = split_level(r);
+            let exact = node.children.get(level);
+            let plus = node.plus.as_deref().filter(|_| wild_ok);
+            current = match (exact, plus) {
+                (Some(c), Some(p)) => {
+                    forks.push((p, next));
+                    Some((c, next, false))
                 }
-            }
+                (Some(c), None) | (None, Some(c)) => Some((c, next, false)),
+                (None, None) => None,
+            };
         }
     }
 }

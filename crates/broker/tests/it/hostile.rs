@@ -114,6 +114,14 @@ async fn thirty_thousand_level_filter_and_topic_are_refused_and_the_broker_keeps
     assert_eq!(ack.reason_codes, vec![ReasonCode::TopicFilterInvalid]);
     let ack = attacker.subscribe(&deep(32), QoS::AtMostOnce).await;
     assert_eq!(ack.reason_codes, vec![ReasonCode::Success]);
+    let ack = attacker
+        .subscribe(&format!("$share/g/{}", deep(32)), QoS::AtMostOnce)
+        .await;
+    assert_eq!(
+        ack.reason_codes,
+        vec![ReasonCode::Success],
+        "levels after $share/g/"
+    );
     let ack = attacker.subscribe(&"x".repeat(1025), QoS::AtMostOnce).await;
     assert_eq!(ack.reason_codes, vec![ReasonCode::TopicFilterInvalid]);
     // v5 QoS 0 has no ack: DISCONNECT 0x90.
