@@ -15,6 +15,9 @@ use crate::pki::Pki;
 /// a subscriber falling behind for a moment loses nothing: the same for both brokers.
 pub const MAX_INFLIGHT: u16 = 256;
 pub const MAX_QUEUED: usize = 1_000_000;
+/// mosquitto's `max_queued_bytes` is 0 (no byte bound) by default; ours gets one this large
+/// so that the queue bound is the same message count for both.
+pub const MAX_QUEUED_BYTES: usize = 1 << 30;
 pub const MAX_CONNECTIONS: usize = 20_000;
 
 pub struct Target {
@@ -41,7 +44,7 @@ impl Target {
             &conf_path,
             format!(
                 "[limits]\nmax_connections = {MAX_CONNECTIONS}\nreceive_maximum = {MAX_INFLIGHT}\n\
-                 max_queued_messages = {MAX_QUEUED}\n"
+                 max_queued_messages = {MAX_QUEUED}\nmax_queued_bytes = {MAX_QUEUED_BYTES}\n"
             ),
         )?;
         let mut cmd = Command::new(bin);

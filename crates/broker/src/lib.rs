@@ -27,6 +27,9 @@ pub mod auth;
 mod broker;
 pub mod config;
 mod connection;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod listener;
 mod local;
 mod message;
