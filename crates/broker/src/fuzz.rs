@@ -490,7 +490,7 @@ async fn connect(
 /// an empty queue, so bytes may exceed by at most one message).
 fn check_bounds(broker: &Broker) {
     let limits = &broker.inner.config.limits;
-    let sessions: Vec<_> = broker.inner.lock_sessions().values().cloned().collect();
+    let sessions: Vec<_> = broker.inner.lock_sessions().map.values().cloned().collect();
     for s in sessions {
         let st = s.lock();
         assert!(
