@@ -69,6 +69,10 @@ pub enum AuthError {
     /// The decider is down (registry unreachable) (v5 0x88, v3 3).
     #[error("server unavailable: {0}")]
     Unavailable(String),
+    /// Too many credential checks are running or waiting; try again shortly (v5 0x89 Server
+    /// busy, v3 3).
+    #[error("server busy: {0}")]
+    ServerBusy(String),
 }
 
 /// Decided once at CONNECT, consulted per packet. Implementations must not block or do I/O.
@@ -112,9 +116,22 @@ impl Identity {
     }
 }
 
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Identity, AuthError>> + Send + 'a>>;
+pub type AuthFuture<'a, T = Identity> =
+    Pin<Box<dyn Future<Output = Result<T, AuthError>> + Send + 'a>>;
 
 /// Called once per CONNECT. May be async (look up a registry); the broker applies a deadline.
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate<'a>(&'a self, request: ConnectRequest<'a>) -> AuthFuture<'a>;
+
+    /// May `identity` use `client_id`? Called for every CONNECT after the identity is known,
+    /// including pre-authenticated ones (the web tier's `/mqtt`), so a client-id rule such as
+    /// "a device's id is reserved to that device" holds on every entry point.
+    fn authorize_client_id<'a>(
+        &'a self,
+        identity: &'a Identity,
+        client_id: &'a str,
+    ) -> AuthFuture<'a, ()> {
+        let _ = (identity, client_id);
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -64,6 +64,30 @@ pub struct ServerConfig {
     pub telemetry: TelemetryConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub web: WebConfig,
+}
+
+/// Limits of the web tier (API, dashboard, `/mqtt`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// HTTP connections open at once (each costs a task and buffers); beyond it new
+    /// connections are closed at once and counted.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (slowloris).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    pub body_read_timeout_secs: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            max_connections: 1024,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,8 +119,17 @@ pub struct AuthConfig {
     pub backoff_max_secs: u64,
     /// Failures are forgotten after this long without a new one.
     pub failure_memory_secs: u64,
-    /// Addresses remembered at most (memory bound).
+    /// Addresses and accounts remembered at most (memory bound).
     pub max_tracked_addresses: usize,
+    /// Failed dashboard logins or enrollment codes from one address (or for one account)
+    /// before it is refused (429) for a while; the window starts at 5 s and doubles up to 5 min.
+    pub web_failures_before_backoff: u32,
+    /// Password checks (argon2, about 19 MiB each) running at once, for MQTT and dashboard
+    /// logins together.
+    pub max_concurrent_password_checks: usize,
+    /// Password checks waiting for a slot; beyond this a login is refused at once (HTTP 503,
+    /// MQTT 0x89 Server busy).
+    pub max_queued_password_checks: usize,
     /// Role given to MQTT clients that present no credentials at all, from loopback only
     /// (beyond loopback also needs `allow_insecure_listeners`). Unset: no anonymous clients.
     pub anonymous_role: Option<proto::acl::Role>,
@@ -130,6 +163,7 @@ impl Default for ServerConfig {
             telemetry: TelemetryConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -158,6 +192,9 @@ impl Default for AuthConfig {
             backoff_max_secs: 300,
             failure_memory_secs: 900,
             max_tracked_addresses: 10_000,
+            web_failures_before_backoff: 5,
+            max_concurrent_password_checks: 4,
+            max_queued_password_checks: 32,
             anonymous_role: None,
         }
     }
@@ -364,16 +401,28 @@ impl ServerConfig {
 [telemetry]
 # retention_days = {}
 
-# Per-address backoff for failed MQTT logins.
+# Per-address and per-account backoff for failed MQTT logins.
 [auth]
 # failures_before_backoff = {}
 # backoff_initial_ms = {}
 # backoff_max_secs = {}
 # failure_memory_secs = {}
 # max_tracked_addresses = {}
+# Failed dashboard logins / enrollment codes before an address or account gets 429.
+# web_failures_before_backoff = {}
+# Password checks (argon2, ~19 MiB each) at once, MQTT and dashboard together, and how many
+# may wait; beyond that logins get HTTP 503 / MQTT 0x89 Server busy.
+# max_concurrent_password_checks = {}
+# max_queued_password_checks = {}
 # Let MQTT clients without credentials in, from loopback only, with this role (viewer,
 # operator or admin); a warning is logged at every start. Unset: nobody gets in anonymously.
 # anonymous_role = \"viewer\"
+
+# Web tier: HTTP connections at once, and seconds to send headers and a body (slowloris).
+[web]
+# max_connections = {}
+# header_read_timeout_secs = {}
+# body_read_timeout_secs = {}
 
 # Broker limits.
 [limits]
@@ -387,6 +436,12 @@ impl ServerConfig {
             a.backoff_max_secs,
             a.failure_memory_secs,
             a.max_tracked_addresses,
+            a.web_failures_before_backoff,
+            a.max_concurrent_password_checks,
+            a.max_queued_password_checks,
+            d.web.max_connections,
+            d.web.header_read_timeout_secs,
+            d.web.body_read_timeout_secs,
         );
         let l = broker_limits;
         let mut limit = |key: &str, value: Option<String>| {

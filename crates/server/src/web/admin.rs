@@ -376,10 +376,17 @@ pub async fn delete_user(
         .await
         .map_err(|e| store_error("cannot remove the user", e))?;
     let _ = state.ctx.store.sessions().delete_for_user(&name).await;
-    let kicked = state
+    let mut kicked = state
         .ctx
         .broker
         .disconnect_principal(&format!("user:{name}"));
+    for principal in state
+        .ctx
+        .registry
+        .principals_with_prefix(&super::auth::session_principal_prefix(&name))
+    {
+        kicked += state.ctx.broker.disconnect_principal(&principal);
+    }
     audit(
         &state,
         &admin,

@@ -49,10 +49,14 @@ async fn next(
 
 pub async fn websocket(
     State(state): State<WebState>,
+    headers: axum::http::HeaderMap,
     _principal: Principal,
     Query(query): Query<LiveQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if let Err(refused) = super::check_websocket_origin(&state, &headers) {
+        return refused.into_response();
+    }
     // Subscribe before the upgrade completes so nothing between the answer and the first
     // read is missed.
     let rx = state.ctx.twin.subscribe();

@@ -48,6 +48,7 @@ pub async fn upgrade(
     State(state): State<WebState>,
     mut request: Request,
 ) -> Result<Response, ApiError> {
+    super::check_websocket_origin(&state, request.headers())?;
     let principal = auth::authenticate(&state, request.headers()).await?;
     let headers = request.headers();
     let is_upgrade = headers
@@ -79,9 +80,15 @@ pub async fn upgrade(
     };
 
     let identity = Identity {
-        principal: principal.principal(),
+        principal: principal.mqtt_principal(),
         permissions: Arc::new(AclPermissions(RolePermissions::new(principal.role))),
     };
+    // The broker does not authenticate this connection, so tell the revocation watcher what
+    // it relies on: logout, expiry, a role change or a revoked token then closes it.
+    state
+        .ctx
+        .registry
+        .remember(&identity.principal, principal.mqtt_credential());
     let broker = state.ctx.broker.clone();
     let counters = state.counters.clone();
     tokio::spawn(async move {
