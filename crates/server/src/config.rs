@@ -65,6 +65,27 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub web: WebConfig,
+    pub bus: BusConfig,
+}
+
+/// Queues between the broker and the server's own components (twin, ingest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Messages one device may have waiting per component subscription; beyond it that
+    /// device's new messages are dropped (and counted), not other devices'.
+    pub per_device_queue: usize,
+    /// Messages all devices together may have waiting per component subscription.
+    pub total_queue: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            per_device_queue: crate::bus::DEFAULT_PER_DEVICE_QUEUE,
+            total_queue: crate::bus::DEFAULT_TOTAL_QUEUE,
+        }
+    }
 }
 
 /// Limits of the web tier (API, dashboard, `/mqtt`).
@@ -106,6 +127,17 @@ pub struct CertificateConfig {
 pub struct TelemetryConfig {
     /// Telemetry older than this is deleted.
     pub retention_days: u32,
+    /// Readings stamped further than this into the future are refused and counted.
+    pub max_future_secs: u64,
+    /// Readings stamped before this (milliseconds since the Unix epoch; default 2000-01-01)
+    /// are refused and counted: a device whose clock is unset sends 1970.
+    pub min_timestamp_ms: i64,
+    /// Distinct sensors per device (each is a series in the database and an entry in memory);
+    /// readings of further sensors are refused and counted.
+    pub max_sensors_per_device: usize,
+    /// Distinct reported state names (`state/NAME`) the twin keeps per device; further names
+    /// are refused and counted.
+    pub max_state_names_per_device: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +196,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             web: WebConfig::default(),
+            bus: BusConfig::default(),
         }
     }
 }
@@ -180,7 +213,13 @@ impl Default for CertificateConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { retention_days: 30 }
+        TelemetryConfig {
+            retention_days: 30,
+            max_future_secs: 24 * 3600,
+            min_timestamp_ms: 946_684_800_000,
+            max_sensors_per_device: 64,
+            max_state_names_per_device: 256,
+        }
     }
 }
 
@@ -400,6 +439,13 @@ impl ServerConfig {
 
 [telemetry]
 # retention_days = {}
+# Readings stamped more than this far in the future, or before min_timestamp_ms (2000-01-01),
+# are refused and counted.
+# max_future_secs = {}
+# min_timestamp_ms = {}
+# Distinct sensors and reported state names kept per device; more are refused and counted.
+# max_sensors_per_device = {}
+# max_state_names_per_device = {}
 
 # Per-address and per-account backoff for failed MQTT logins.
 [auth]
@@ -424,6 +470,12 @@ impl ServerConfig {
 # header_read_timeout_secs = {}
 # body_read_timeout_secs = {}
 
+# Queues between the broker and the server's own components (twin, ingest), served
+# round-robin per device: a device over its share loses its own messages, not others'.
+[bus]
+# per_device_queue = {}
+# total_queue = {}
+
 # Broker limits.
 [limits]
 ",
@@ -431,6 +483,10 @@ impl ServerConfig {
             c.device_days,
             c.renew_before_days,
             d.telemetry.retention_days,
+            d.telemetry.max_future_secs,
+            d.telemetry.min_timestamp_ms,
+            d.telemetry.max_sensors_per_device,
+            d.telemetry.max_state_names_per_device,
             a.failures_before_backoff,
             a.backoff_initial_ms,
             a.backoff_max_secs,
@@ -442,6 +498,8 @@ impl ServerConfig {
             d.web.max_connections,
             d.web.header_read_timeout_secs,
             d.web.body_read_timeout_secs,
+            d.bus.per_device_queue,
+            d.bus.total_queue,
         );
         let l = broker_limits;
         let mut limit = |key: &str, value: Option<String>| {

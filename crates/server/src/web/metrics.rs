@@ -193,6 +193,47 @@ pub async fn metrics(State(state): State<WebState>, principal: Principal) -> Api
         "WebSocket upgrades refused because a browser sent another site's Origin.",
         c.origin_refused.load(Ordering::Relaxed),
     );
+    metric(
+        &mut out,
+        "bus_dropped_over_share_total",
+        "counter",
+        "Messages for the twin and ingest dropped because their device had bus.per_device_queue waiting.",
+        state
+            .ctx
+            .bus_counters
+            .dropped_over_share
+            .load(Ordering::Relaxed),
+    );
+    let t = state.ctx.twin.counters();
+    metric(
+        &mut out,
+        "state_names_refused_total",
+        "counter",
+        "State reports refused: the device has telemetry.max_state_names_per_device names already.",
+        t.state_names_refused.load(Ordering::Relaxed),
+    );
+    let i = state.ctx.ingest.counters();
+    metric(
+        &mut out,
+        "telemetry_timestamp_refused_total",
+        "counter",
+        "Readings refused: stamped before telemetry.min_timestamp_ms or beyond telemetry.max_future_secs.",
+        i.timestamp_refused.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "telemetry_sensors_refused_total",
+        "counter",
+        "Readings refused: the device has telemetry.max_sensors_per_device sensors already.",
+        i.sensors_refused.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "telemetry_invalid_total",
+        "counter",
+        "Messages on telemetry topics that are not valid readings.",
+        i.invalid.load(Ordering::Relaxed),
+    );
     let g = state.ctx.registry.password_gate().counters();
     metric(
         &mut out,

@@ -43,8 +43,11 @@ pub async fn query(
     State(state): State<WebState>,
     _principal: Principal,
     Path((device, sensor)): Path<(String, String)>,
-    Query(range): Query<RangeQuery>,
+    range: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    // Axum's own rejection is plain text; the API answers JSON errors everywhere.
+    let Query(range) =
+        range.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
     let to = number::<i64>("to", range.to.as_deref())?.unwrap_or_else(|| now_ms() + 1);
     let from = number::<i64>("from", range.from.as_deref())?.unwrap_or(to - DEFAULT_RANGE_MS);
     let points = number::<u32>("points", range.points.as_deref())?.unwrap_or(DEFAULT_POINTS);

@@ -586,3 +586,137 @@ async fn the_web_port_holds_at_most_max_connections_and_drops_slow_headers() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_flooding_state_does_not_cost_another_its_command_confirmation() {
+    let web = Web::start_with(|c| c.bus.per_device_queue = 64).await;
+    let operator = web.token("op", Role::Operator).await;
+    let _quiet = fake_device(&web, "quiet", Answer::Confirm).await;
+    let token = harness::add_token_device(&web.server, "noisy").await;
+    let mut options = client::ClientOptions::new(
+        format!("mqtt://{}", web.server.mqtt_addr().unwrap()),
+        "noisy",
+    );
+    options.username = Some("noisy".into());
+    options.password = Some(token.into());
+    let (noisy, _events) = client::connect(&options).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let state = json!({"value": sent, "ts": store::now_ms()}).to_string();
+                if noisy
+                    .publish("devices/noisy/state/counter", state, QoS::AtMostOnce, false)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        })
+    };
+    // Let the flood build up, proven by the bus dropping the flooder's excess.
+    let flooding = harness::eventually(WAIT, async || {
+        web.server
+            .ctx
+            .bus_counters
+            .dropped_over_share
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    })
+    .await;
+    let started = Instant::now();
+    let (status, body) = super::json_of(
+        web.req(
+            Method::PUT,
+            "/api/v1/devices/quiet/properties/led",
+            &operator,
+        )
+        .json(&json!(true))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.await.unwrap();
+    assert!(
+        flooding,
+        "the flood never exceeded the device's share ({sent} sent)"
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], json!("confirmed"), "{body}");
+    assert!(
+        took < Duration::from_secs(2),
+        "confirmation took {took:?} during a flood of {sent}"
+    );
+}
+
+#[tokio::test]
+async fn state_names_beyond_the_limit_are_refused_and_counted() {
+    let web = Web::start_with(|c| c.telemetry.max_state_names_per_device = 10).await;
+    let device = web.server.ctx.broker.local_client("device:many");
+    for i in 0..50 {
+        device.publish(broker::Message::new(
+            format!("devices/many/state/n{i}"),
+            json!({"value": i, "ts": store::now_ms()}).to_string(),
+        ));
+    }
+    let twin = web.server.ctx.twin.clone();
+    let refused = harness::eventually(WAIT, async || {
+        twin.counters()
+            .state_names_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 40
+    })
+    .await;
+    assert!(refused, "40 of 50 names must be refused");
+    assert_eq!(twin.device("many").unwrap().reported.len(), 10);
+    let (_, metrics) = web.get("/metrics", &web.admin).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("devicecloud_state_names_refused_total 40")
+    );
+}
+
+#[tokio::test]
+async fn readings_stamped_outside_the_sane_window_are_refused_and_counted() {
+    let web = Web::start().await;
+    let device = web.server.ctx.broker.local_client("device:clock");
+    let now = store::now_ms();
+    for (id, ts) in [
+        (1, now),
+        (2, 0),
+        (3, now + 3 * 24 * 3600 * 1000),
+        (4, now + 1000),
+    ] {
+        device.publish(broker::Message::new(
+            "devices/clock/telemetry/temp",
+            json!({"id": id, "ts": ts, "value": 20.0}).to_string(),
+        ));
+    }
+    let ingest = web.server.ctx.ingest.clone();
+    let refused = harness::eventually(WAIT, async || {
+        ingest
+            .counters()
+            .timestamp_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 2
+    })
+    .await;
+    assert!(refused, "1970 and three days ahead must be refused");
+    let (_, metrics) = web.get("/metrics", &web.admin).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("devicecloud_telemetry_timestamp_refused_total 2")
+    );
+}
