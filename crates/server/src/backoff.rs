@@ -282,7 +282,10 @@ mod tests {
 
     #[test]
     fn an_account_backs_off_across_addresses() {
-        let mut b = Backoff::new(&config());
+        let mut b = Backoff::new(&AuthConfig {
+            max_tracked_addresses: 100,
+            ..config()
+        });
         let t = Instant::now();
         for i in 1..=3u8 {
             b.record_failure(IpAddr::from([10, 0, 0, i]), Some("admin"), t);
@@ -296,7 +299,10 @@ mod tests {
 
     #[test]
     fn a_success_retracts_only_its_own_provisional_failure() {
-        let mut b = Backoff::new(&config());
+        let mut b = Backoff::new(&AuthConfig {
+            max_tracked_addresses: 100,
+            ..config()
+        });
         let t = Instant::now();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         // Two wrong guesses at admin from this address, then alice logs in from it.
@@ -314,7 +320,10 @@ mod tests {
 
     #[test]
     fn a_provisional_failure_that_turns_out_right_lifts_the_ban_it_started() {
-        let mut b = Backoff::new(&config());
+        let mut b = Backoff::new(&AuthConfig {
+            max_tracked_addresses: 100,
+            ..config()
+        });
         let t = Instant::now();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         b.record_failure(ip, Some("alice"), t);

@@ -413,7 +413,7 @@ async fn parallel_wrong_logins_run_at_most_the_bound_and_the_excess_gets_503() {
     assert!(busy.iter().all(|(_, retry_after, _)| *retry_after));
     let gate = web.server.ctx.registry.password_gate().counters();
     let max = gate.max_running.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(max >= 1 && max <= BOUND, "max concurrent checks {max}");
+    assert!((1..=BOUND).contains(&max), "max concurrent checks {max}");
     let (_, metrics) = web.get("/metrics", &web.admin).await;
     let metrics = metrics.as_str().unwrap().to_owned();
     assert!(
