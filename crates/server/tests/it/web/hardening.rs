@@ -720,3 +720,26 @@ async fn readings_stamped_outside_the_sane_window_are_refused_and_counted() {
             .contains("devicecloud_telemetry_timestamp_refused_total 2")
     );
 }
+
+#[tokio::test]
+async fn a_request_body_that_trickles_in_is_cut_off_after_the_body_timeout() {
+    let web = Web::start_with(|c| c.web.body_read_timeout_secs = 1).await;
+    let mut tls = tls_stream(&web).await;
+    // Promises 64 bytes of body and sends 10.
+    tls.write_all(
+        b"POST /api/v1/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"usernam",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut answer))
+        .await
+        .expect("the server gives up on the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 4"),
+        "a client error, not a hang: {answer}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
