@@ -108,8 +108,10 @@ fn build() -> Value {
             "/api/v1/devices/{id}/telemetry/{sensor}": { "get": authed(json!({
                 "summary": "Readings in a time range, downsampled to at most `points` buckets (min/avg/max).",
                 "parameters": [device_id, path_param("sensor", "Sensor name."),
-                    query_param("from", "Start, ms since the epoch (default: to - 1 hour).", "integer"),
-                    query_param("to", "End, ms since the epoch (default: now).", "integer"),
+                    json!({ "name": "from", "in": "query", "required": false, "description": "Start, ms since the epoch (default: to - 1 hour).",
+                        "schema": { "type": "integer", "minimum": 0, "maximum": super::telemetry::MAX_TS } }),
+                    json!({ "name": "to", "in": "query", "required": false, "description": "End, ms since the epoch (default: now).",
+                        "schema": { "type": "integer", "minimum": 0, "maximum": super::telemetry::MAX_TS } }),
                     json!({ "name": "points", "in": "query", "required": false, "description": "At most this many buckets (default 500).",
                         "schema": { "type": "integer", "minimum": 1, "maximum": 10000 } })],
                 "responses": { "200": ok("The series.", schema_ref("Telemetry")), "400": err("Bad range (the field is named)."), "404": err("No such device.") } }), false) },
