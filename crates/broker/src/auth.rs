@@ -69,6 +69,10 @@ pub enum AuthError {
     /// The decider is down (registry unreachable) (v5 0x88, v3 3).
     #[error("server unavailable: {0}")]
     Unavailable(String),
+    /// Too many credential checks are running or waiting; try again shortly (v5 0x89 Server
+    /// busy, v3 3).
+    #[error("server busy: {0}")]
+    ServerBusy(String),
 }
 
 /// Decided once at CONNECT, consulted per packet. Implementations must not block or do I/O.

@@ -252,6 +252,7 @@ fn auth_reason(e: &AuthError) -> ReasonCode {
         AuthError::ClientIdNotValid(_) => ReasonCode::ClientIdentifierNotValid,
         AuthError::Banned(_) => ReasonCode::Banned,
         AuthError::Unavailable(_) => ReasonCode::ServerUnavailable,
+        AuthError::ServerBusy(_) => ReasonCode::ServerBusy,
     }
 }
 

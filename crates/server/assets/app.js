@@ -4,6 +4,7 @@
 
 import { DeviceCloud, DeviceCloudError } from '/sdk/devicecloud.js';
 import { Fleet } from './js/fleet.js';
+import { sameOriginPath } from './js/next.js';
 import { announce, errorText, toast } from './js/ui.js';
 import * as loginPage from './js/login.js';
 import * as deviceListPage from './js/device_list.js';
@@ -38,8 +39,9 @@ const ctx = {
     startSession();
     const target = afterLogin;
     afterLogin = null;
-    if (target && target.startsWith('/') && !target.startsWith('//') && !target.startsWith('/login')) {
-      location.assign(target); // a user app under /apps/ sent us here
+    const path = target && !target.startsWith('#') ? sameOriginPath(target, location.origin) : null;
+    if (path) {
+      location.assign(path); // a user app under /apps/ sent us here
       return;
     }
     const hash = target && target.startsWith('#/') && target !== '#/login' ? target : '#/devices';

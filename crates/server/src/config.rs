@@ -64,6 +64,51 @@ pub struct ServerConfig {
     pub telemetry: TelemetryConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub web: WebConfig,
+    pub bus: BusConfig,
+}
+
+/// Queues between the broker and the server's own components (twin, ingest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Messages one device may have waiting per component subscription; beyond it that
+    /// device's new messages are dropped (and counted), not other devices'.
+    pub per_device_queue: usize,
+    /// Messages all devices together may have waiting per component subscription.
+    pub total_queue: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            per_device_queue: crate::bus::DEFAULT_PER_DEVICE_QUEUE,
+            total_queue: crate::bus::DEFAULT_TOTAL_QUEUE,
+        }
+    }
+}
+
+/// Limits of the web tier (API, dashboard, `/mqtt`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// HTTP connections open at once (each costs a task and buffers); beyond it new
+    /// connections are closed at once and counted.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (slowloris).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    pub body_read_timeout_secs: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            max_connections: 1024,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +127,17 @@ pub struct CertificateConfig {
 pub struct TelemetryConfig {
     /// Telemetry older than this is deleted.
     pub retention_days: u32,
+    /// Readings stamped further than this into the future are refused and counted.
+    pub max_future_secs: u64,
+    /// Readings stamped before this (milliseconds since the Unix epoch; default 2000-01-01)
+    /// are refused and counted: a device whose clock is unset sends 1970.
+    pub min_timestamp_ms: i64,
+    /// Distinct sensors per device (each is a series in the database and an entry in memory);
+    /// readings of further sensors are refused and counted.
+    pub max_sensors_per_device: usize,
+    /// Distinct reported state names (`state/NAME`) the twin keeps per device; further names
+    /// are refused and counted.
+    pub max_state_names_per_device: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,8 +151,17 @@ pub struct AuthConfig {
     pub backoff_max_secs: u64,
     /// Failures are forgotten after this long without a new one.
     pub failure_memory_secs: u64,
-    /// Addresses remembered at most (memory bound).
+    /// Addresses and accounts remembered at most (memory bound).
     pub max_tracked_addresses: usize,
+    /// Failed dashboard logins or enrollment codes from one address (or for one account)
+    /// before it is refused (429) for a while; the window starts at 5 s and doubles up to 5 min.
+    pub web_failures_before_backoff: u32,
+    /// Password checks (argon2, about 19 MiB each) running at once, for MQTT and dashboard
+    /// logins together.
+    pub max_concurrent_password_checks: usize,
+    /// Password checks waiting for a slot; beyond this a login is refused at once (HTTP 503,
+    /// MQTT 0x89 Server busy).
+    pub max_queued_password_checks: usize,
     /// Role given to MQTT clients that present no credentials at all, from loopback only
     /// (beyond loopback also needs `allow_insecure_listeners`). Unset: no anonymous clients.
     pub anonymous_role: Option<proto::acl::Role>,
@@ -131,6 +196,8 @@ impl Default for ServerConfig {
             telemetry: TelemetryConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            web: WebConfig::default(),
+            bus: BusConfig::default(),
         }
     }
 }
@@ -147,7 +214,13 @@ impl Default for CertificateConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { retention_days: 30 }
+        TelemetryConfig {
+            retention_days: 30,
+            max_future_secs: 24 * 3600,
+            min_timestamp_ms: 946_684_800_000,
+            max_sensors_per_device: 64,
+            max_state_names_per_device: 256,
+        }
     }
 }
 
@@ -159,6 +232,9 @@ impl Default for AuthConfig {
             backoff_max_secs: 300,
             failure_memory_secs: 900,
             max_tracked_addresses: 10_000,
+            web_failures_before_backoff: 5,
+            max_concurrent_password_checks: 4,
+            max_queued_password_checks: 32,
             anonymous_role: None,
         }
     }
@@ -364,17 +440,42 @@ impl ServerConfig {
 
 [telemetry]
 # retention_days = {}
+# Readings stamped more than this far in the future, or before min_timestamp_ms (2000-01-01),
+# are refused and counted.
+# max_future_secs = {}
+# min_timestamp_ms = {}
+# Distinct sensors and reported state names kept per device; more are refused and counted.
+# max_sensors_per_device = {}
+# max_state_names_per_device = {}
 
-# Per-address backoff for failed MQTT logins.
+# Per-address and per-account backoff for failed MQTT logins.
 [auth]
 # failures_before_backoff = {}
 # backoff_initial_ms = {}
 # backoff_max_secs = {}
 # failure_memory_secs = {}
 # max_tracked_addresses = {}
+# Failed dashboard logins / enrollment codes before an address or account gets 429.
+# web_failures_before_backoff = {}
+# Password checks (argon2, ~19 MiB each) at once, MQTT and dashboard together, and how many
+# may wait; beyond that logins get HTTP 503 / MQTT 0x89 Server busy.
+# max_concurrent_password_checks = {}
+# max_queued_password_checks = {}
 # Let MQTT clients without credentials in, from loopback only, with this role (viewer,
 # operator or admin); a warning is logged at every start. Unset: nobody gets in anonymously.
 # anonymous_role = \"viewer\"
+
+# Web tier: HTTP connections at once, and seconds to send headers and a body (slowloris).
+[web]
+# max_connections = {}
+# header_read_timeout_secs = {}
+# body_read_timeout_secs = {}
+
+# Queues between the broker and the server's own components (twin, ingest), served
+# round-robin per device: a device over its share loses its own messages, not others'.
+[bus]
+# per_device_queue = {}
+# total_queue = {}
 
 # Broker limits.
 [limits]
@@ -383,11 +484,23 @@ impl ServerConfig {
             c.device_days,
             c.renew_before_days,
             d.telemetry.retention_days,
+            d.telemetry.max_future_secs,
+            d.telemetry.min_timestamp_ms,
+            d.telemetry.max_sensors_per_device,
+            d.telemetry.max_state_names_per_device,
             a.failures_before_backoff,
             a.backoff_initial_ms,
             a.backoff_max_secs,
             a.failure_memory_secs,
             a.max_tracked_addresses,
+            a.web_failures_before_backoff,
+            a.max_concurrent_password_checks,
+            a.max_queued_password_checks,
+            d.web.max_connections,
+            d.web.header_read_timeout_secs,
+            d.web.body_read_timeout_secs,
+            d.bus.per_device_queue,
+            d.bus.total_queue,
         );
         let l = broker_limits;
         let mut limit = |key: &str, value: Option<String>| {

@@ -14,6 +14,10 @@ pub struct ServerContext {
     pub config: Arc<ServerConfig>,
     pub data_dir: PathBuf,
     pub twin: Twin,
+    /// Telemetry ingest (its counters go to `/metrics`).
+    pub ingest: crate::ingest::Ingest,
+    /// What the embedded bus dropped (a device over its share), for `/metrics`.
+    pub bus_counters: Arc<crate::bus::BusCounters>,
     /// The broker's authenticator; the web tier uses it for MQTT over WebSocket and backoff.
     pub registry: Arc<Registry>,
     /// Public broker URLs for device bundles (first reachable wins), e.g. `mqtts://host:8883`.

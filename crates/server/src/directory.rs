@@ -1,6 +1,8 @@
 //! The registry's view of the store ([`Directory`] over [`store::Store`]).
 
-use crate::registry::{DeviceEntry, DirFuture, Directory, DirectoryError, TokenEntry, UserEntry};
+use crate::registry::{
+    DeviceEntry, DirFuture, Directory, DirectoryError, SessionEntry, TokenEntry, UserEntry,
+};
 
 #[derive(Debug, Clone)]
 pub struct StoreDirectory {
@@ -76,6 +78,25 @@ impl Directory for StoreDirectory {
                     name: t.name,
                     role: t.role,
                     token_hash: token_hash.clone(),
+                }))
+        })
+    }
+
+    fn web_session(
+        &self,
+        id_hash: &str,
+    ) -> DirFuture<'_, Result<Option<SessionEntry>, DirectoryError>> {
+        let id_hash = id_hash.to_owned();
+        Box::pin(async move {
+            Ok(self
+                .store
+                .sessions()
+                .get(&id_hash, store::now_ms())
+                .await
+                .map_err(err)?
+                .map(|s| SessionEntry {
+                    user: s.user,
+                    role: s.role,
                 }))
         })
     }

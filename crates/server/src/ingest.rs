@@ -4,7 +4,14 @@
 //!
 //! Replays after an outage are harmless: the store keeps each `(device, sensor, ts)` once.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use proto::{
     payload::Reading,
@@ -25,6 +32,27 @@ pub struct IngestOptions {
     pub retention: Duration,
     /// How often the retention task runs.
     pub retention_interval: Duration,
+    /// Readings stamped before this (ms since the epoch) are refused.
+    pub min_timestamp_ms: i64,
+    /// Readings stamped further than this into the future are refused.
+    pub max_future: Duration,
+    /// Distinct sensors (series) per device; readings of further sensors are refused.
+    pub max_sensors_per_device: usize,
+}
+
+/// Devices whose sensors are tracked for `max_sensors_per_device` (memory bound); beyond it
+/// new devices' sensors are not limited until the server restarts.
+const MAX_TRACKED_DEVICES: usize = 100_000;
+
+/// What ingest refused, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Readings with a timestamp outside the sane window.
+    pub timestamp_refused: AtomicU64,
+    /// Readings of a sensor beyond the device's limit.
+    pub sensors_refused: AtomicU64,
+    /// Messages on telemetry topics that are not valid readings.
+    pub invalid: AtomicU64,
 }
 
 impl Default for IngestOptions {
@@ -34,6 +62,9 @@ impl Default for IngestOptions {
             max_delay: Duration::from_millis(200),
             retention: store::DEFAULT_RETENTION,
             retention_interval: Duration::from_secs(3600),
+            min_timestamp_ms: 946_684_800_000,
+            max_future: Duration::from_secs(24 * 3600),
+            max_sensors_per_device: crate::twin::DEFAULT_MAX_SENSORS,
         }
     }
 }
@@ -45,12 +76,61 @@ pub type Row = store::Sample;
 #[derive(Debug, Clone)]
 pub struct Ingest {
     tx: mpsc::Sender<Row>,
+    counters: Arc<IngestCounters>,
 }
 
 impl Ingest {
     /// Queues a reading as if it had arrived over MQTT (waits when the queue is full).
     pub async fn push(&self, row: Row) -> bool {
         self.tx.send(row).await.is_ok()
+    }
+
+    pub fn counters(&self) -> &Arc<IngestCounters> {
+        &self.counters
+    }
+}
+
+/// Decides which readings are stored: timestamps in a sane window, a bounded number of
+/// sensors per device.
+struct Admission {
+    min_ts: i64,
+    max_future_ms: i64,
+    max_sensors: usize,
+    sensors: HashMap<String, HashSet<String>>,
+    counters: Arc<IngestCounters>,
+}
+
+impl Admission {
+    fn admit(&mut self, row: &Row, now_ms: i64) -> bool {
+        if row.ts < self.min_ts || row.ts > now_ms.saturating_add(self.max_future_ms) {
+            let refused = self
+                .counters
+                .timestamp_refused
+                .fetch_add(1, Ordering::Relaxed);
+            if refused.is_power_of_two() {
+                tracing::warn!(device = %row.device_id, sensor = %row.sensor, ts = row.ts, "refusing readings stamped outside the sane window (telemetry.min_timestamp_ms, telemetry.max_future_secs): is the device's clock set?");
+            }
+            return false;
+        }
+        if self.sensors.len() >= MAX_TRACKED_DEVICES && !self.sensors.contains_key(&row.device_id) {
+            return true;
+        }
+        let sensors = self.sensors.entry(row.device_id.clone()).or_default();
+        if sensors.contains(&row.sensor) {
+            return true;
+        }
+        if sensors.len() >= self.max_sensors {
+            let refused = self
+                .counters
+                .sensors_refused
+                .fetch_add(1, Ordering::Relaxed);
+            if refused.is_power_of_two() {
+                tracing::warn!(device = %row.device_id, sensor = %row.sensor, limit = self.max_sensors, "device sends more sensors than telemetry.max_sensors_per_device; refusing new ones");
+            }
+            return false;
+        }
+        sensors.insert(row.sensor.clone());
+        true
     }
 }
 
@@ -86,6 +166,17 @@ pub async fn start(
     start_with(bus, store, options).await
 }
 
+/// The options `[telemetry]` in server.toml describes.
+pub fn options_from(config: &crate::config::TelemetryConfig) -> IngestOptions {
+    IngestOptions {
+        retention: Duration::from_secs(u64::from(config.retention_days.max(1)) * 24 * 3600),
+        min_timestamp_ms: config.min_timestamp_ms,
+        max_future: Duration::from_secs(config.max_future_secs),
+        max_sensors_per_device: config.max_sensors_per_device,
+        ..IngestOptions::default()
+    }
+}
+
 pub async fn start_with(
     bus: Arc<dyn Bus>,
     store: store::Store,
@@ -94,15 +185,27 @@ pub async fn start_with(
     let mut subscription = bus.subscribe(topics::ALL_TELEMETRY).await?;
     let (tx, rx) = mpsc::channel::<Row>(options.max_batch * 4);
     let feeder = tx.clone();
+    let counters = Arc::new(IngestCounters::default());
+    let mut admission = Admission {
+        min_ts: options.min_timestamp_ms,
+        max_future_ms: i64::try_from(options.max_future.as_millis()).unwrap_or(i64::MAX),
+        max_sensors: options.max_sensors_per_device,
+        sensors: HashMap::new(),
+        counters: counters.clone(),
+    };
     tokio::spawn(async move {
         while let Some(message) = subscription.recv().await {
             match parse(&message.topic, &message.payload) {
                 Some(row) => {
+                    if !admission.admit(&row, crate::twin::now_ms()) {
+                        continue;
+                    }
                     if feeder.send(row).await.is_err() {
                         break;
                     }
                 }
                 None => {
+                    admission.counters.invalid.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(topic = %message.topic, "ignoring an invalid telemetry message")
                 }
             }
@@ -110,7 +213,7 @@ pub async fn start_with(
     });
     tokio::spawn(writer(store.clone(), rx, options));
     tokio::spawn(retention(store, options));
-    Ok(Ingest { tx })
+    Ok(Ingest { tx, counters })
 }
 
 async fn writer(store: store::Store, mut rx: mpsc::Receiver<Row>, options: IngestOptions) {
@@ -230,5 +333,48 @@ mod tests {
             .is_none()
         );
         assert!(parse("devices/kitchen/telemetry/temp", b"garbage").is_none());
+    }
+
+    #[test]
+    fn readings_outside_the_time_window_or_beyond_the_sensor_limit_are_refused_and_counted() {
+        let counters = Arc::new(IngestCounters::default());
+        let options = IngestOptions {
+            max_sensors_per_device: 2,
+            ..IngestOptions::default()
+        };
+        let mut admission = Admission {
+            min_ts: options.min_timestamp_ms,
+            max_future_ms: 24 * 3600 * 1000,
+            max_sensors: options.max_sensors_per_device,
+            sensors: HashMap::new(),
+            counters: counters.clone(),
+        };
+        let now = 1_750_000_000_000;
+        let row = |device: &str, sensor: &str, ts: i64| Row::new(device, sensor, ts, 1.0);
+        assert!(admission.admit(&row("a", "t", now), now));
+        assert!(
+            !admission.admit(&row("a", "t", 0), now),
+            "1970: clock unset"
+        );
+        assert!(!admission.admit(&row("a", "t", now + 2 * 24 * 3600 * 1000), now));
+        assert!(
+            admission.admit(&row("a", "t", now + 3600 * 1000), now),
+            "an hour ahead is fine"
+        );
+        assert_eq!(counters.timestamp_refused.load(Ordering::Relaxed), 2);
+        assert!(admission.admit(&row("a", "h", now), now));
+        assert!(
+            !admission.admit(&row("a", "x", now), now),
+            "third sensor of a"
+        );
+        assert!(
+            admission.admit(&row("a", "t", now), now),
+            "known sensors still flow"
+        );
+        assert!(
+            admission.admit(&row("b", "x", now), now),
+            "other devices unaffected"
+        );
+        assert_eq!(counters.sensors_refused.load(Ordering::Relaxed), 1);
     }
 }

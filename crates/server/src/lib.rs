@@ -9,6 +9,7 @@ pub mod bus;
 pub mod config;
 pub mod context;
 pub mod directory;
+pub mod gate;
 pub mod ingest;
 pub mod permissions;
 pub mod registry;

@@ -16,13 +16,19 @@
 //! device's id. Client ids are how MQTT session takeover works, so without this rule one client
 //! could kick another device off by connecting with its id.
 //!
-//! Failures are logged with the peer address (never the secret) and counted per address; after
-//! a few an address is refused with `Banned` for a growing window ([`crate::backoff`]).
+//! Failures are logged with the peer address (never the secret) and counted per address and
+//! per user name; after a few the address (or the account) is refused with `Banned` for a
+//! growing window ([`crate::backoff`]). A password check is counted as a failure *before* it
+//! starts and retracted when it succeeds, so parallel guesses cannot all pass the ban check.
+//! Password checks run under the global [`PasswordGate`] (bounded concurrency and queue; beyond
+//! it `ServerBusy`), and an unknown user name costs one check against a dummy hash, like a
+//! known one.
 //!
-//! The registry remembers which credential each principal connected with, so that the
+//! The registry remembers which credential each principal connected with (also for the web
+//! tier's pre-authenticated `/mqtt` connections: [`Registry::remember`]), so that the
 //! revocation watcher ([`Registry::watch_revocations`]) can kick principals whose credential
-//! stopped being valid (device removed or rotated, user removed, token revoked) within a
-//! fraction of a second of the change.
+//! stopped being valid (device removed or rotated, user removed, role or password changed,
+//! token revoked, web session ended or expired) within a fraction of a second of the change.
 
 use std::{
     collections::HashMap,
@@ -33,10 +39,14 @@ use std::{
 
 use broker::auth::{AuthError, AuthFuture, Authenticator, ConnectRequest, Identity};
 use proto::acl::{DevicePermissions, Role, RolePermissions};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use store::secret;
 
-use crate::{backoff::Backoff, config::AuthConfig, permissions::AclPermissions};
+use crate::{
+    backoff::{Backoff, Ban},
+    config::AuthConfig,
+    gate::PasswordGate,
+    permissions::AclPermissions,
+};
 
 pub type DirFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -72,6 +82,14 @@ pub struct TokenEntry {
     pub token_hash: String,
 }
 
+/// A live dashboard session, as far as revocation cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEntry {
+    pub user: String,
+    /// The user's current role.
+    pub role: Role,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct DirectoryError(pub String);
@@ -85,27 +103,18 @@ pub trait Directory: Send + Sync + 'static {
         &self,
         token_hash: &str,
     ) -> DirFuture<'_, Result<Option<TokenEntry>, DirectoryError>>;
-    /// Changes whenever devices, users or tokens change (also from other processes).
+    /// The unexpired dashboard session with this id hash, if any.
+    fn web_session(
+        &self,
+        id_hash: &str,
+    ) -> DirFuture<'_, Result<Option<SessionEntry>, DirectoryError>>;
+    /// Changes whenever devices, users, tokens or sessions change (also from other processes).
     fn change_counter(&self) -> DirFuture<'_, Result<i64, DirectoryError>>;
-}
-
-/// Lowercase hex SHA-256, the form device and API tokens are stored in.
-pub fn token_hash(secret: &[u8]) -> String {
-    hex::encode(Sha256::digest(secret))
-}
-
-/// Constant-time comparison of a presented secret with a stored hex SHA-256.
-fn token_matches(presented: &[u8], stored_hex: &str) -> bool {
-    let Ok(stored) = hex::decode(stored_hex.trim()) else {
-        return false;
-    };
-    let presented = Sha256::digest(presented);
-    stored.len() == presented.len() && bool::from(presented.as_slice().ct_eq(&stored))
 }
 
 /// What a principal connected with, to re-check it when the registry changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Credential {
+pub enum Credential {
     DeviceCert {
         id: String,
         fingerprint: String,
@@ -122,6 +131,13 @@ enum Credential {
     ApiToken {
         name: String,
         token_hash: String,
+        role: Role,
+    },
+    /// A dashboard session (the web tier's `/mqtt` with a session cookie): valid while the
+    /// session exists, is unexpired and the user keeps this role.
+    WebSession {
+        id_hash: String,
+        user: String,
         role: Role,
     },
     /// Nothing to revoke; not remembered.
@@ -151,6 +167,7 @@ pub struct Registry {
     directory: Arc<dyn Directory>,
     anonymous: Option<Anonymous>,
     backoff: Mutex<Backoff>,
+    gate: Arc<PasswordGate>,
     seen: Mutex<HashMap<String, Seen>>,
 }
 
@@ -162,14 +179,29 @@ impl std::fmt::Debug for Registry {
 
 type Decision = Result<(Identity, Credential), AuthError>;
 
+/// Whether a decision recorded a provisional failure (before a password check) to settle.
+#[derive(Debug, Default)]
+struct Attempt {
+    provisional: bool,
+}
+
 impl Registry {
     pub fn new(directory: Arc<dyn Directory>, auth: &AuthConfig) -> Registry {
         Registry {
             directory,
             anonymous: None,
             backoff: Mutex::new(Backoff::new(auth)),
+            gate: Arc::new(PasswordGate::new(
+                auth.max_concurrent_password_checks,
+                auth.max_queued_password_checks,
+            )),
             seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The one bound on password checks, shared with the web tier's logins.
+    pub fn password_gate(&self) -> &Arc<PasswordGate> {
+        &self.gate
     }
 
     /// Lets clients without credentials in with `role` (from loopback only, unless
@@ -182,9 +214,9 @@ impl Registry {
         self
     }
 
-    /// Is `ip` currently refused because of earlier failures?
-    pub fn banned_for(&self, ip: IpAddr) -> Option<Duration> {
-        lock(&self.backoff).banned_for(ip, Instant::now())
+    /// Is `ip` (or the account, when given) currently refused because of earlier failures?
+    pub fn banned_for(&self, ip: IpAddr, account: Option<&str>) -> Option<Ban> {
+        lock(&self.backoff).banned_for(ip, account, Instant::now())
     }
 
     async fn authenticate_request(
@@ -192,18 +224,28 @@ impl Registry {
         request: &ConnectRequest<'_>,
     ) -> Result<Identity, AuthError> {
         let ip = request.peer.ip();
-        if let Some(remaining) = self.banned_for(ip) {
+        let account = request.username.filter(|u| !u.is_empty());
+        if let Some(ban) = self.banned_for(ip, account) {
             // The ban itself was logged when it started; one line per refused retry would let an
             // attacker flood the log.
-            tracing::debug!(peer = %request.peer, client_id = request.client_id, "refused: address is backing off after repeated failed logins");
-            return Err(AuthError::Banned(format!(
-                "too many failed logins from {ip}; try again in {} s",
-                remaining.as_secs().max(1)
-            )));
+            tracing::debug!(peer = %request.peer, client_id = request.client_id, "refused: backing off after repeated failed logins");
+            return Err(AuthError::Banned(ban.message(ip)));
         }
-        match self.decide(request).await {
+        let mut attempt = Attempt::default();
+        let decision = match self.decide(request, &mut attempt).await {
+            // The client-id rule also runs here until every broker entry point calls
+            // `authorize_client_id` itself.
+            Ok((identity, credential)) => self
+                .authorize_client_id(&identity, request.client_id)
+                .await
+                .map(|()| (identity, credential)),
+            Err(err) => Err(err),
+        };
+        match decision {
             Ok((identity, credential)) => {
-                lock(&self.backoff).record_success(ip);
+                if attempt.provisional {
+                    lock(&self.backoff).record_success(ip, account);
+                }
                 if credential != Credential::Anonymous {
                     self.remember(&identity.principal, credential);
                 }
@@ -211,9 +253,18 @@ impl Registry {
                 Ok(identity)
             }
             Err(err) => {
-                let window = match err {
-                    AuthError::Unavailable(_) => None,
-                    _ => lock(&self.backoff).record_failure(ip, Instant::now()),
+                let window = match (&err, attempt.provisional) {
+                    // Our side failed: not the client's fault, nothing to count.
+                    (AuthError::Unavailable(_) | AuthError::ServerBusy(_), true) => {
+                        lock(&self.backoff).record_success(ip, account);
+                        None
+                    }
+                    (AuthError::Unavailable(_) | AuthError::ServerBusy(_), false) => None,
+                    // Already counted before the password check.
+                    (_, true) => None,
+                    // Per address only: device tokens and certificates are random secrets, so
+                    // an account ban would only let strangers lock a device out.
+                    (_, false) => lock(&self.backoff).record_failure(ip, None, Instant::now()),
                 };
                 tracing::warn!(
                     peer = %request.peer,
@@ -230,13 +281,14 @@ impl Registry {
         }
     }
 
-    async fn decide(&self, request: &ConnectRequest<'_>) -> Decision {
+    async fn decide(&self, request: &ConnectRequest<'_>, attempt: &mut Attempt) -> Decision {
         if let Some(cert) = request.client_cert {
-            return self.decide_certificate(request, cert).await;
+            return self.decide_certificate(cert).await;
         }
         match (request.username, request.password) {
             (Some(username), Some(password)) if !username.is_empty() => {
-                self.decide_password(request, username, password).await
+                self.decide_password(request, username, password, attempt)
+                    .await
             }
             (None | Some(""), None) => match self.anonymous {
                 Some(anon) if anon.beyond_loopback || request.peer.ip().is_loopback() => {
@@ -256,11 +308,7 @@ impl Registry {
         }
     }
 
-    async fn decide_certificate(
-        &self,
-        request: &ConnectRequest<'_>,
-        cert: &broker::auth::ClientCert,
-    ) -> Decision {
+    async fn decide_certificate(&self, cert: &broker::auth::ClientCert) -> Decision {
         let Some(id) = cert.common_name.as_deref().filter(|cn| !cn.is_empty()) else {
             return Err(AuthError::NotAuthorized(
                 "the client certificate has no common name (device id)".into(),
@@ -288,7 +336,6 @@ impl Registry {
                 "the certificate of device '{id}' has expired"
             )));
         }
-        check_device_client_id(request.client_id, id)?;
         let credential = Credential::DeviceCert {
             id: id.to_owned(),
             fingerprint: current.to_ascii_lowercase(),
@@ -301,12 +348,15 @@ impl Registry {
         request: &ConnectRequest<'_>,
         username: &str,
         password: &[u8],
+        attempt: &mut Attempt,
     ) -> Decision {
+        // Device and API tokens are random text; anything else cannot be one.
+        let token = std::str::from_utf8(password).ok();
         if let Some(device) = self.device(username).await? {
             let Some(stored) = device.token_hash.as_deref() else {
                 return Err(AuthError::BadCredentials);
             };
-            if !token_matches(password, stored) {
+            if !token.is_some_and(|t| secret::verify_token(t, &stored.to_ascii_lowercase())) {
                 return Err(AuthError::BadCredentials);
             }
             if device.revoked {
@@ -314,18 +364,20 @@ impl Registry {
                     "device '{username}' is revoked"
                 )));
             }
-            check_device_client_id(request.client_id, username)?;
             let credential = Credential::DeviceToken {
                 id: device.id.clone(),
                 token_hash: stored.to_ascii_lowercase(),
             };
             return Ok((device_identity(&device), credential));
         }
-        if let Some(user) = self.user(username).await? {
-            if !verify_password(password, &user.password_hash).await {
+        let user = self.user(username).await?;
+        if let Some(user) = user {
+            if !self
+                .check_password(request, username, password, &user.password_hash, attempt)
+                .await?
+            {
                 return Err(AuthError::BadCredentials);
             }
-            self.check_user_client_id(request.client_id).await?;
             let identity = role_identity(format!("user:{}", user.name), user.role);
             return Ok((
                 identity,
@@ -338,13 +390,12 @@ impl Registry {
         }
         // API tokens are found by their hash (an indexed look-up of a 128-bit secret's hash
         // leaks nothing through timing); the user name must be the token's name.
-        let presented = token_hash(password);
-        if let Some(token) = self
-            .api_token_by_hash(&presented)
-            .await?
-            .filter(|t| t.name == username)
-        {
-            self.check_user_client_id(request.client_id).await?;
+        let presented = token.map(secret::hash_token);
+        let found = match &presented {
+            Some(hash) => self.api_token_by_hash(hash).await?,
+            None => None,
+        };
+        if let Some(token) = found.filter(|t| t.name == username) {
             let identity = role_identity(format!("token:{}", token.name), token.role);
             return Ok((
                 identity,
@@ -355,11 +406,50 @@ impl Registry {
                 },
             ));
         }
+        // Unknown user name: spend what a known one costs, so timing does not tell them apart.
+        self.check_password(
+            request,
+            username,
+            password,
+            secret::DUMMY_PASSWORD_HASH,
+            attempt,
+        )
+        .await?;
         Err(AuthError::BadCredentials)
     }
 
-    async fn check_user_client_id(&self, client_id: &str) -> Result<(), AuthError> {
-        if !client_id.is_empty() && self.device(client_id).await?.is_some() {
+    /// One argon2 check under the global gate. The failure is recorded first (and retracted by
+    /// the caller on success), so parallel guesses cannot all pass the ban check.
+    async fn check_password(
+        &self,
+        request: &ConnectRequest<'_>,
+        username: &str,
+        password: &[u8],
+        hash: &str,
+        attempt: &mut Attempt,
+    ) -> Result<bool, AuthError> {
+        let ip = request.peer.ip();
+        attempt.provisional = true;
+        if let Some(window) = lock(&self.backoff).record_failure(ip, Some(username), Instant::now())
+        {
+            tracing::warn!(peer = %request.peer, user = username, "repeated failed logins: refusing {ip} and this account for {window:?}");
+        }
+        self.gate
+            .verify_password(password, hash)
+            .await
+            .map_err(|busy| AuthError::ServerBusy(busy.to_string()))
+    }
+
+    /// The client-id rule: a device principal must use its own id (or an empty, broker-assigned
+    /// one); any other principal may not use a registered device's id.
+    async fn check_client_id(&self, identity: &Identity, client_id: &str) -> Result<(), AuthError> {
+        if let Some(device_id) = identity.principal.strip_prefix("device:") {
+            return check_device_client_id(client_id, device_id);
+        }
+        if !client_id.is_empty()
+            && !is_broker_assigned(client_id)
+            && self.device(client_id).await?.is_some()
+        {
             return Err(AuthError::ClientIdNotValid(format!(
                 "client id '{client_id}' belongs to a device; choose another client id"
             )));
@@ -382,7 +472,9 @@ impl Registry {
             .map_err(unavailable)
     }
 
-    fn remember(&self, principal: &str, credential: Credential) {
+    /// Remembers that `principal` is connected with `credential`, so the revocation watcher
+    /// re-checks it (the web tier calls this for `/mqtt`, which the broker does not authenticate).
+    pub fn remember(&self, principal: &str, credential: Credential) {
         let now = Instant::now();
         let mut seen = lock(&self.seen);
         if !seen.contains_key(principal) && seen.len() >= SEEN_CAPACITY {
@@ -410,6 +502,15 @@ impl Registry {
             }
             entry.credentials.push(credential);
         }
+    }
+
+    /// Remembered principals starting with `prefix` (e.g. a user's `/mqtt` session principals).
+    pub fn principals_with_prefix(&self, prefix: &str) -> Vec<String> {
+        lock(&self.seen)
+            .keys()
+            .filter(|p| p.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     /// Principals remembered for revocation checks.
@@ -500,6 +601,15 @@ impl Registry {
                 .api_token_by_hash(token_hash)
                 .await?
                 .is_some_and(|t| &t.name == name && t.role == *role),
+            Credential::WebSession {
+                id_hash,
+                user,
+                role,
+            } => self
+                .directory
+                .web_session(id_hash)
+                .await?
+                .is_some_and(|s| &s.user == user && s.role == *role),
             Credential::Anonymous => true,
         })
     }
@@ -548,6 +658,14 @@ impl Authenticator for Registry {
     fn authenticate<'a>(&'a self, request: ConnectRequest<'a>) -> AuthFuture<'a> {
         Box::pin(async move { self.authenticate_request(&request).await })
     }
+
+    fn authorize_client_id<'a>(
+        &'a self,
+        identity: &'a Identity,
+        client_id: &'a str,
+    ) -> AuthFuture<'a, ()> {
+        Box::pin(self.check_client_id(identity, client_id))
+    }
 }
 
 fn device_identity(device: &DeviceEntry) -> Identity {
@@ -586,22 +704,6 @@ fn is_broker_assigned(client_id: &str) -> bool {
         .is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-async fn verify_password(password: &[u8], hash: &str) -> bool {
-    use argon2::{Argon2, PasswordHash, PasswordVerifier};
-    let password = password.to_vec();
-    let hash = hash.to_owned();
-    // Argon2 costs tens of milliseconds of CPU by design; keep it off the async workers.
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(&password, &parsed)
-                .is_ok()
-        })
-    })
-    .await
-    .unwrap_or(false)
-}
-
 fn unavailable(err: DirectoryError) -> AuthError {
     tracing::error!("registry lookup failed: {err}");
     AuthError::Unavailable("the device registry is unavailable; try again shortly".into())
@@ -631,6 +733,7 @@ mod tests {
         devices: Mutex<HashMap<String, DeviceEntry>>,
         users: Mutex<HashMap<String, UserEntry>>,
         tokens: Mutex<HashMap<String, TokenEntry>>,
+        sessions: Mutex<HashMap<String, SessionEntry>>,
         counter: AtomicI64,
     }
 
@@ -652,6 +755,13 @@ mod tests {
                 .find(|t| t.token_hash == hash)
                 .cloned();
             Box::pin(async move { Ok(t) })
+        }
+        fn web_session(
+            &self,
+            id_hash: &str,
+        ) -> DirFuture<'_, Result<Option<SessionEntry>, DirectoryError>> {
+            let s = lock(&self.sessions).get(id_hash).cloned();
+            Box::pin(async move { Ok(s) })
         }
         fn change_counter(&self) -> DirFuture<'_, Result<i64, DirectoryError>> {
             let c = self.counter.load(Ordering::SeqCst);
@@ -677,7 +787,7 @@ mod tests {
             DeviceEntry {
                 id: "garage".into(),
                 cert_fingerprint: None,
-                token_hash: Some(token_hash(b"s3cret")),
+                token_hash: Some(secret::hash_token("s3cret")),
                 revoked: false,
                 extra_publish: vec![],
                 extra_subscribe: vec![],
@@ -777,7 +887,7 @@ mod tests {
             TokenEntry {
                 name: "ci".into(),
                 role: Role::Operator,
-                token_hash: token_hash(b"tok"),
+                token_hash: secret::hash_token("tok"),
             },
         );
         let id = registry

@@ -253,7 +253,14 @@ impl Server {
         let broker = Broker::open(broker_config, registry.clone())
             .await
             .map_err(|e| StartError::Broker(e.to_string()))?;
-        let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(&broker, "core"));
+        let embedded = EmbeddedBus::with_limits(
+            &broker,
+            "core",
+            config.bus.per_device_queue,
+            config.bus.total_queue,
+        );
+        let bus_counters = embedded.counters().clone();
+        let bus: Arc<dyn Bus> = Arc::new(embedded);
 
         let mqtt_tls = ReloadableTls::load(TlsSettings {
             cert: cert_paths.cert.clone(),
@@ -302,10 +309,19 @@ impl Server {
             }
         }
 
-        let twin = crate::twin::Twin::start(bus.clone(), store.clone()).await?;
-        let ingest =
-            crate::ingest::start(bus.clone(), store.clone(), config.telemetry.retention_days)
-                .await?;
+        let twin = crate::twin::Twin::start_with(
+            bus.clone(),
+            store.clone(),
+            config.telemetry.max_state_names_per_device,
+            config.telemetry.max_sensors_per_device,
+        )
+        .await?;
+        let ingest = crate::ingest::start_with(
+            bus.clone(),
+            store.clone(),
+            crate::ingest::options_from(&config.telemetry),
+        )
+        .await?;
         let (broker_urls, api_url) = public_urls(&config, &bound, &spec);
         let ctx = ServerContext {
             store,
@@ -315,6 +331,8 @@ impl Server {
             config: Arc::new(config.clone()),
             data_dir: data_dir.clone(),
             twin,
+            ingest: ingest.clone(),
+            bus_counters,
             registry: registry.clone(),
             broker_urls: Arc::new(broker_urls),
             api_url: api_url.map(Arc::from),

@@ -8,7 +8,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -26,6 +29,20 @@ use crate::bus::Bus;
 
 /// How long a command waits for the device's confirmation unless told otherwise.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Names kept per device unless configured otherwise (`telemetry.max_state_names_per_device`,
+/// `telemetry.max_sensors_per_device`).
+pub const DEFAULT_MAX_STATE_NAMES: usize = 256;
+pub const DEFAULT_MAX_SENSORS: usize = 64;
+
+/// What the twin refused to keep, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TwinCounters {
+    /// State reports for a name beyond the device's limit.
+    pub state_names_refused: AtomicU64,
+    /// Readings of a sensor beyond the device's limit.
+    pub sensors_refused: AtomicU64,
+}
 
 /// Live events kept for slow listeners before they start missing some.
 const LIVE_CAPACITY: usize = 4096;
@@ -271,6 +288,9 @@ struct Inner {
     bus: Arc<dyn Bus>,
     store: store::Store,
     timeout: Mutex<Duration>,
+    max_state_names: usize,
+    max_sensors: usize,
+    counters: TwinCounters,
 }
 
 /// Cheap to clone.
@@ -304,6 +324,17 @@ impl Twin {
         bus: Arc<dyn Bus>,
         store: store::Store,
     ) -> Result<Twin, crate::bus::BusError> {
+        Twin::start_with(bus, store, DEFAULT_MAX_STATE_NAMES, DEFAULT_MAX_SENSORS).await
+    }
+
+    /// [`Twin::start`] keeping at most `max_state_names` reported states and `max_sensors`
+    /// latest readings per device: a device cannot grow the server's memory by inventing names.
+    pub async fn start_with(
+        bus: Arc<dyn Bus>,
+        store: store::Store,
+        max_state_names: usize,
+        max_sensors: usize,
+    ) -> Result<Twin, crate::bus::BusError> {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         let (records, records_rx) = mpsc::unbounded_channel();
         tokio::spawn(record_writer(store.clone(), records_rx));
@@ -317,6 +348,9 @@ impl Twin {
                 bus: bus.clone(),
                 store,
                 timeout: Mutex::new(DEFAULT_COMMAND_TIMEOUT),
+                max_state_names,
+                max_sensors,
+                counters: TwinCounters::default(),
             }),
         };
         for filter in [
@@ -345,6 +379,10 @@ impl Twin {
 
     pub fn command_timeout(&self) -> Duration {
         *lock(&self.inner.timeout)
+    }
+
+    pub fn counters(&self) -> &TwinCounters {
+        &self.inner.counters
     }
 
     /// A receiver of every change from now on.
@@ -467,6 +505,24 @@ impl Twin {
             if !retained {
                 state.last_seen = Some(now);
             }
+            if state.reported.len() >= self.inner.max_state_names
+                && !state.reported.contains_key(name)
+            {
+                let refused = self
+                    .inner
+                    .counters
+                    .state_names_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        device,
+                        name,
+                        limit = self.inner.max_state_names,
+                        "device reports more state names than telemetry.max_state_names_per_device; ignoring new ones"
+                    );
+                }
+                return;
+            }
             state.reported.insert(
                 name.to_string(),
                 Reported {
@@ -533,6 +589,15 @@ impl Twin {
 
     fn note_reading(&self, device: &str, sensor: &str, reading: Reading) {
         if let Some(state) = lock(&self.inner.devices).get_mut(device) {
+            if state.telemetry.len() >= self.inner.max_sensors
+                && !state.telemetry.contains_key(sensor)
+            {
+                self.inner
+                    .counters
+                    .sensors_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             let newer = state
                 .telemetry
                 .get(sensor)

@@ -30,3 +30,14 @@ pub(crate) fn f64_at(row: &AnyRow, col: &str) -> Result<f64, Error> {
             .map_err(Error::from),
     }
 }
+
+/// A role column (`viewer`, `operator`, `admin`); anything else means the database was edited
+/// by hand or is from a newer version.
+pub(crate) fn role_at(row: &AnyRow, col: &str) -> Result<crate::Role, Error> {
+    str_at(row, col)?
+        .parse()
+        .map_err(|e: proto::acl::UnknownRole| Error::Corrupt {
+            what: "role",
+            message: e.to_string(),
+        })
+}

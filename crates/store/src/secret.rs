@@ -96,6 +96,11 @@ pub fn hash_password(password: &str) -> Result<String, Error> {
         .map_err(|e| Error::Hash(e.to_string()))
 }
 
+/// A valid argon2id hash (default parameters) of a random password nobody knows. Checking a
+/// password for an unknown user name against it costs what a real check costs, so timing does
+/// not reveal which user names exist.
+pub const DUMMY_PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0mB5MPbd0Qm+bF6vGyoRQQaWNq2G2u6s5M4v5k8Wk0g";
+
 /// Checks a password against a stored argon2 hash. A malformed hash never matches.
 pub fn verify_password(password: &str, stored_hash: &str) -> bool {
     match PasswordHash::new(stored_hash) {
@@ -168,5 +173,7 @@ mod tests {
         assert!(check_password_strength("short").is_err());
         assert!(check_password_strength("long enough").is_ok());
         assert_eq!(generate_password().len(), 16);
+        assert!(PasswordHash::new(DUMMY_PASSWORD_HASH).is_ok());
+        assert!(!verify_password("anything", DUMMY_PASSWORD_HASH));
     }
 }

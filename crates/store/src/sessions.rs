@@ -1,8 +1,8 @@
 //! Dashboard sessions. The cookie value is a random secret; only its hash is stored.
 
 use crate::{
-    Error, Role, Store,
-    row::{i64_at, str_at},
+    Error, Role, Store, bump_version,
+    row::{i64_at, role_at, str_at},
 };
 
 #[derive(Clone, PartialEq, Eq)]
@@ -69,16 +69,10 @@ impl Sessions<'_> {
         .fetch_optional(self.store.pool())
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let role = str_at(&row, "role")?;
         Ok(Some(WebSession {
             id_hash: str_at(&row, "id_hash")?,
             user: str_at(&row, "user_name")?,
-            role: role
-                .parse()
-                .map_err(|e: proto::acl::UnknownRole| Error::Corrupt {
-                    what: "users.role",
-                    message: e.to_string(),
-                })?,
+            role: role_at(&row, "role")?,
             csrf_token: str_at(&row, "csrf_token")?,
             created_at: i64_at(&row, "created_at")?,
             expires_at: i64_at(&row, "expires_at")?,
@@ -95,20 +89,30 @@ impl Sessions<'_> {
         Ok(())
     }
 
+    /// Ends a session (logout). A registry change: `/mqtt` connections opened with this
+    /// session are closed by the server's revocation watcher, also when another process ends it.
     pub async fn delete(&self, id_hash: &str) -> Result<(), Error> {
+        let mut tx = self.store.pool().begin().await?;
+        bump_version(&mut tx).await?;
         sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
             .bind(id_hash)
-            .execute(self.store.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
+    /// Ends every session of `user` (a registry change, like [`Sessions::delete`]).
     pub async fn delete_for_user(&self, user: &str) -> Result<u64, Error> {
-        Ok(sqlx::query("DELETE FROM web_sessions WHERE user_name = $1")
+        let mut tx = self.store.pool().begin().await?;
+        bump_version(&mut tx).await?;
+        let n = sqlx::query("DELETE FROM web_sessions WHERE user_name = $1")
             .bind(user)
-            .execute(self.store.pool())
+            .execute(&mut *tx)
             .await?
-            .rows_affected())
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 
     pub async fn delete_expired(&self, now: i64) -> Result<u64, Error> {

@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 
 use crate::{
     Error, Role, Store, bump_version, now_ms,
-    row::{i64_at, opt_i64_at, str_at},
+    row::{i64_at, opt_i64_at, role_at, str_at},
 };
 
 /// A local user. The password hash is argon2id (see [`crate::secret::hash_password`]).
@@ -35,14 +35,6 @@ pub struct ApiToken {
     pub last_used: Option<i64>,
 }
 
-fn parse_role(text: &str) -> Result<Role, Error> {
-    text.parse()
-        .map_err(|e: proto::acl::UnknownRole| Error::Corrupt {
-            what: "role",
-            message: e.to_string(),
-        })
-}
-
 /// User names: what fits in an MQTT user name, a principal and a URL without escaping.
 pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
@@ -66,7 +58,7 @@ pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<(), Error
 fn user_from_row(row: &AnyRow) -> Result<User, Error> {
     Ok(User {
         name: str_at(row, "name")?,
-        role: parse_role(&str_at(row, "role")?)?,
+        role: role_at(row, "role")?,
         password_hash: str_at(row, "password_hash")?,
         created_at: i64_at(row, "created_at")?,
         updated_at: i64_at(row, "updated_at")?,
@@ -201,7 +193,7 @@ pub struct Tokens<'a> {
 fn token_from_row(row: &AnyRow) -> Result<ApiToken, Error> {
     Ok(ApiToken {
         name: str_at(row, "name")?,
-        role: parse_role(&str_at(row, "role")?)?,
+        role: role_at(row, "role")?,
         created_at: i64_at(row, "created_at")?,
         last_used: opt_i64_at(row, "last_used")?,
     })

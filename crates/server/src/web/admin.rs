@@ -201,8 +201,10 @@ fn default_token_role() -> Role {
 }
 
 fn check_name(field: &'static str, name: &str) -> ApiResult<()> {
+    // The store's rule for user names; tokens follow it too.
     let ok = !name.is_empty()
         && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'));
@@ -211,7 +213,9 @@ fn check_name(field: &'static str, name: &str) -> ApiResult<()> {
     } else {
         Err(ApiError::bad_field(
             field,
-            format!("invalid {field} '{name}': use 1 to 64 of a-z, A-Z, 0-9, '_', '-', '.', '@'"),
+            format!(
+                "invalid {field} '{name}': use 1 to 64 of a-z, A-Z, 0-9, '_', '-', '.', '@', starting with a letter or digit"
+            ),
         ))
     }
 }
@@ -376,10 +380,17 @@ pub async fn delete_user(
         .await
         .map_err(|e| store_error("cannot remove the user", e))?;
     let _ = state.ctx.store.sessions().delete_for_user(&name).await;
-    let kicked = state
+    let mut kicked = state
         .ctx
         .broker
         .disconnect_principal(&format!("user:{name}"));
+    for principal in state
+        .ctx
+        .registry
+        .principals_with_prefix(&super::auth::session_principal_prefix(&name))
+    {
+        kicked += state.ctx.broker.disconnect_principal(&principal);
+    }
     audit(
         &state,
         &admin,

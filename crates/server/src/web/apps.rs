@@ -15,6 +15,11 @@ use axum::{
 
 use super::{WebState, auth, error::ApiError};
 
+/// Apps are user content on the dashboard's origin: they may load their own files and the SDK
+/// and talk to this server (`/api`, `/mqtt`), but not run inline or foreign scripts, not frame
+/// anything (so not the dashboard, to overlay it) and not be framed themselves.
+pub const APP_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; frame-src 'none'; frame-ancestors 'none'; object-src 'none'; base-uri 'self'; form-action 'self'";
+
 /// Where user apps live inside the data directory.
 pub const APPS_DIR: &str = "apps";
 
@@ -107,6 +112,10 @@ async fn serve(
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(APP_CSP),
+            );
             response
         }
         Err(err) => ApiError::internal("cannot read the app file", err).into_response(),

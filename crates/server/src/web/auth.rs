@@ -31,7 +31,7 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Via {
     Session { id_hash: String, csrf_token: String },
-    Bearer,
+    Bearer { token_hash: String },
 }
 
 /// The authenticated caller.
@@ -48,7 +48,34 @@ impl Principal {
     pub fn principal(&self) -> String {
         match self.via {
             Via::Session { .. } => format!("user:{}", self.name),
-            Via::Bearer => format!("token:{}", self.name),
+            Via::Bearer { .. } => format!("token:{}", self.name),
+        }
+    }
+
+    /// The broker principal of a `/mqtt` connection opened by this caller. A dashboard session
+    /// gets its own (`user:NAME#session-…`), so logging out or the session's expiry closes
+    /// exactly the connections it opened; a token is `token:NAME`, like on the MQTT ports.
+    pub fn mqtt_principal(&self) -> String {
+        match &self.via {
+            Via::Session { id_hash, .. } => session_principal(&self.name, id_hash),
+            Via::Bearer { .. } => self.principal(),
+        }
+    }
+
+    /// What the revocation watcher re-checks for a `/mqtt` connection of this caller.
+    pub fn mqtt_credential(&self) -> crate::registry::Credential {
+        use crate::registry::Credential;
+        match &self.via {
+            Via::Session { id_hash, .. } => Credential::WebSession {
+                id_hash: id_hash.clone(),
+                user: self.name.clone(),
+                role: self.role,
+            },
+            Via::Bearer { token_hash } => Credential::ApiToken {
+                name: self.name.clone(),
+                token_hash: token_hash.clone(),
+                role: self.role,
+            },
         }
     }
 
@@ -64,6 +91,17 @@ impl Principal {
             )))
         }
     }
+}
+
+/// The prefix of every `/mqtt` principal opened with one of `user`'s dashboard sessions.
+pub fn session_principal_prefix(user: &str) -> String {
+    format!("user:{user}#session-")
+}
+
+/// 48 bits of the session id's hash tell a user's sessions apart without revealing anything.
+fn session_principal(user: &str, id_hash: &str) -> String {
+    let marker = id_hash.get(..12).unwrap_or(id_hash);
+    format!("{}{marker}", session_principal_prefix(user))
 }
 
 fn random_token() -> String {
@@ -109,11 +147,12 @@ fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
 pub async fn authenticate(state: &WebState, headers: &HeaderMap) -> ApiResult<Principal> {
     if let Some(token) = bearer(headers) {
         let token = token?;
+        let token_hash = hash_secret(token);
         let found = state
             .ctx
             .store
             .tokens()
-            .find_by_hash(&hash_secret(token))
+            .find_by_hash(&token_hash)
             .await
             .map_err(|e| ApiError::internal("cannot check the token", e))?;
         let Some(found) = found else {
@@ -129,7 +168,7 @@ pub async fn authenticate(state: &WebState, headers: &HeaderMap) -> ApiResult<Pr
         return Ok(Principal {
             name: found.name,
             role: found.role,
-            via: Via::Bearer,
+            via: Via::Bearer { token_hash },
         });
     }
     if let Some(session) = cookie_value(headers, SESSION_COOKIE) {
@@ -239,14 +278,6 @@ pub struct SessionInfo {
     pub csrf_token: String,
 }
 
-/// A syntactically valid argon2 hash of a random password: verifying against it costs what a
-/// real check costs, so unknown user names are not revealed by timing.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0mB5MPbd0Qm+bF6vGyoRQQaWNq2G2u6s5M4v5k8Wk0g";
-
-pub fn verify_password(hash: &str, password: &str) -> bool {
-    store::secret::verify_password(password, hash)
-}
-
 pub async fn login(
     State(state): State<WebState>,
     meta: Option<axum::Extension<ConnMeta>>,
@@ -254,29 +285,25 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let meta = meta.map(|m| m.0).unwrap_or_default();
     let ip = meta.peer.ip();
-    let banned = state
-        .login_backoff
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .banned_for(ip, Instant::now());
-    if let Some(wait) = banned {
-        let secs = wait.as_secs().max(1);
-        let mut response = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many failed logins from {ip}; try again in {secs}s"),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return Ok(response);
-    }
     if body.username.is_empty() {
         return Err(ApiError::bad_field(
             "username",
             "username must not be empty",
         ));
     }
+    let account = Some(body.username.as_str());
+    let backoff = || {
+        state
+            .login_backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    };
+    if let Some(ban) = backoff().banned_for(ip, account, Instant::now()) {
+        return Err(ApiError::backing_off(ban, ip));
+    }
+    // Counted as a failure before the (slow) check starts, so parallel guesses cannot all pass
+    // the ban check above; a success retracts it.
+    backoff().record_failure(ip, account, Instant::now());
     let user = state
         .ctx
         .store
@@ -284,31 +311,33 @@ pub async fn login(
         .get(&body.username)
         .await
         .map_err(|e| ApiError::internal("cannot look up the user", e))?;
+    // Unknown users are checked against a dummy hash: the same cost, so timing tells nothing.
     let hash = user
         .as_ref()
-        .map_or(DUMMY_HASH.to_string(), |u| u.password_hash.clone());
-    let password = body.password.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+        .map_or(store::secret::DUMMY_PASSWORD_HASH, |u| &u.password_hash);
+    let ok = match state
+        .ctx
+        .registry
+        .password_gate()
+        .verify_password(body.password.as_bytes(), hash)
         .await
-        .map_err(|e| ApiError::internal("password check failed", e))?;
+    {
+        Ok(ok) => ok,
+        Err(busy) => {
+            // Our load, not the caller's failure.
+            backoff().record_success(ip, account);
+            return Err(ApiError::busy(busy.to_string()));
+        }
+    };
     let Some(user) = user.filter(|_| ok) else {
         state
             .counters
             .logins_failed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        state
-            .login_backoff
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_failure(ip, Instant::now());
         tracing::info!(%ip, user = %body.username, "failed dashboard login");
         return Err(ApiError::unauthorized("wrong user name or password"));
     };
-    state
-        .login_backoff
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .record_success(ip);
+    backoff().record_success(ip, account);
     let role = user.role;
     let session = random_token();
     let csrf_token = random_token();
@@ -358,6 +387,11 @@ pub async fn logout(State(state): State<WebState>, principal: Principal) -> ApiR
             .delete(id_hash)
             .await
             .map_err(|e| ApiError::internal("cannot end the session", e))?;
+        // The session's `/mqtt` connections end with it (now, not at the watcher's next look).
+        state
+            .ctx
+            .broker
+            .disconnect_principal(&principal.mqtt_principal());
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(
@@ -370,7 +404,7 @@ pub async fn logout(State(state): State<WebState>, principal: Principal) -> ApiR
 pub async fn me(principal: Principal) -> Json<serde_json::Value> {
     let csrf = match &principal.via {
         Via::Session { csrf_token, .. } => serde_json::Value::String(csrf_token.clone()),
-        Via::Bearer => serde_json::Value::Null,
+        Via::Bearer { .. } => serde_json::Value::Null,
     };
     Json(
         serde_json::json!({ "user": principal.name, "role": principal.role, "csrf_token": csrf, "principal": principal.principal() }),
@@ -397,11 +431,5 @@ mod tests {
         assert_eq!(bearer(&headers).unwrap().unwrap(), "tok");
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
         assert!(bearer(&headers).unwrap().is_err());
-    }
-
-    #[test]
-    fn dummy_hash_is_a_valid_argon2_hash() {
-        assert!(argon2::PasswordHash::new(DUMMY_HASH).is_ok());
-        assert!(!verify_password(DUMMY_HASH, "anything"));
     }
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use axum::{
     Json,
     extract::State,
-    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use proto::bundle::{Bundle, Credentials};
@@ -53,18 +52,9 @@ pub async fn enroll(
         .login_backoff
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .banned_for(ip, Instant::now());
-    if let Some(wait) = banned {
-        let secs = wait.as_secs().max(1);
-        let mut response = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many failed attempts from {ip}; try again in {secs}s"),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return Ok(response);
+        .banned_for(ip, None, Instant::now());
+    if let Some(ban) = banned {
+        return Err(ApiError::backing_off(ban, ip));
     }
     if request.code.trim().is_empty() {
         return Err(ApiError::bad_field("code", "the enrollment code is empty"));
@@ -88,7 +78,7 @@ pub async fn enroll(
                 .login_backoff
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .record_failure(ip, Instant::now());
+                .record_failure(ip, None, Instant::now());
             tracing::info!(%ip, "enrollment with an unknown, used or expired code");
             return Err(ApiError::unauthorized(
                 store::Error::EnrollCodeInvalid.to_string(),

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (429 and 503 answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -36,6 +39,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             field: Some(field.into()),
+            retry_after: None,
         }
     }
 
@@ -53,6 +57,22 @@ impl ApiError {
 
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 429 with `Retry-After`: this address or account is backing off after failed attempts.
+    pub fn backing_off(ban: crate::backoff::Ban, ip: std::net::IpAddr) -> ApiError {
+        ApiError {
+            retry_after: Some(ban.remaining.as_secs().max(1)),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, ban.message(ip))
+        }
+    }
+
+    /// 503 with `Retry-After`: too much work is queued (e.g. password checks); try again soon.
+    pub fn busy(message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after: Some(2),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
     }
 
     /// Something on our side failed; the details go to the log, the client gets a summary.
@@ -78,6 +98,11 @@ impl IntoResponse for ApiError {
             body["field"] = serde_json::Value::String(field);
         }
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             // Not `Bearer realm=...` with a challenge the browser would act on: just say what works.
             response.headers_mut().insert(

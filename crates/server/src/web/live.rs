@@ -8,6 +8,7 @@ use std::{convert::Infallible, sync::Arc, sync::atomic::Ordering, time::Duration
 use axum::{
     extract::{
         Query, State,
+        rejection::QueryRejection,
         ws::{Message, WebSocket, WebSocketUpgrade},
     },
     response::{
@@ -49,10 +50,18 @@ async fn next(
 
 pub async fn websocket(
     State(state): State<WebState>,
+    headers: axum::http::HeaderMap,
     _principal: Principal,
-    Query(query): Query<LiveQuery>,
+    query: Result<Query<LiveQuery>, QueryRejection>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(e) => return bad_query(e).into_response(),
+    };
+    if let Err(refused) = super::check_websocket_origin(&state, &headers) {
+        return refused.into_response();
+    }
     // Subscribe before the upgrade completes so nothing between the answer and the first
     // read is missed.
     let rx = state.ctx.twin.subscribe();
@@ -102,8 +111,9 @@ async fn run_websocket(
 pub async fn sse(
     State(state): State<WebState>,
     _principal: Principal,
-    Query(query): Query<LiveQuery>,
-) -> impl IntoResponse {
+    query: Result<Query<LiveQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, super::error::ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
     let rx = state.ctx.twin.subscribe();
     let shutdown = state.shutdown.clone();
     let events = stream::unfold(
@@ -122,5 +132,10 @@ pub async fn sse(
             ))
         },
     );
-    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Axum's own rejection is plain text; the API answers JSON errors everywhere.
+fn bad_query(e: QueryRejection) -> super::error::ApiError {
+    super::error::ApiError::bad_field("device", format!("bad query string: {}", e.body_text()))
 }

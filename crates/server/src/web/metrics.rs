@@ -214,6 +214,104 @@ pub async fn metrics(State(state): State<WebState>, principal: Principal) -> Api
         "MQTT over WebSocket connections on the web port.",
         c.mqtt_ws_clients.load(Ordering::Relaxed),
     );
+    metric(
+        &mut out,
+        "http_connections",
+        "gauge",
+        "Open HTTP connections on the web port.",
+        c.http_connections.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "http_connections_refused_total",
+        "counter",
+        "HTTP connections closed at once because limits.max_http_connections were open.",
+        c.http_connections_refused.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "websocket_origin_refused_total",
+        "counter",
+        "WebSocket upgrades refused because a browser sent another site's Origin.",
+        c.origin_refused.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "bus_dropped_over_share_total",
+        "counter",
+        "Messages for the twin and ingest dropped because their device had bus.per_device_queue waiting.",
+        state
+            .ctx
+            .bus_counters
+            .dropped_over_share
+            .load(Ordering::Relaxed),
+    );
+    let t = state.ctx.twin.counters();
+    metric(
+        &mut out,
+        "state_names_refused_total",
+        "counter",
+        "State reports refused: the device has telemetry.max_state_names_per_device names already.",
+        t.state_names_refused.load(Ordering::Relaxed),
+    );
+    let i = state.ctx.ingest.counters();
+    metric(
+        &mut out,
+        "telemetry_timestamp_refused_total",
+        "counter",
+        "Readings refused: stamped before telemetry.min_timestamp_ms or beyond telemetry.max_future_secs.",
+        i.timestamp_refused.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "telemetry_sensors_refused_total",
+        "counter",
+        "Readings refused: the device has telemetry.max_sensors_per_device sensors already.",
+        i.sensors_refused.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "telemetry_invalid_total",
+        "counter",
+        "Messages on telemetry topics that are not valid readings.",
+        i.invalid.load(Ordering::Relaxed),
+    );
+    let g = state.ctx.registry.password_gate().counters();
+    metric(
+        &mut out,
+        "auth_password_checks_running",
+        "gauge",
+        "Password checks (argon2) running now.",
+        g.running.load(Ordering::Relaxed) as u64,
+    );
+    metric(
+        &mut out,
+        "auth_password_checks_max_running",
+        "gauge",
+        "Most password checks that ran at once since the start (bounded by auth.max_concurrent_password_checks).",
+        g.max_running.load(Ordering::Relaxed) as u64,
+    );
+    metric(
+        &mut out,
+        "auth_queue_depth",
+        "gauge",
+        "Password checks waiting for a slot.",
+        g.queued.load(Ordering::Relaxed) as u64,
+    );
+    metric(
+        &mut out,
+        "auth_busy_refused_total",
+        "counter",
+        "Logins refused with 503 / MQTT 0x89 because the password-check queue was full.",
+        g.busy_refused.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "auth_password_checks_total",
+        "counter",
+        "Password checks completed.",
+        g.checked.load(Ordering::Relaxed),
+    );
     let devices = state.ctx.twin.devices();
     metric(
         &mut out,

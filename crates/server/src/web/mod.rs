@@ -32,6 +32,7 @@ use std::{
 use axum::{
     Router,
     extract::{DefaultBodyLimit, Request},
+    http::{HeaderMap, header},
     routing::{get, post, put},
 };
 use broker::tls::ReloadableTls;
@@ -40,6 +41,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceExt as _;
 
 use crate::{backoff::Backoff, context::ServerContext};
+use error::ApiError;
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,6 +75,9 @@ pub struct WebCounters {
     pub commands_sent: AtomicU64,
     pub live_clients: AtomicU64,
     pub mqtt_ws_clients: AtomicU64,
+    pub http_connections: AtomicU64,
+    pub http_connections_refused: AtomicU64,
+    pub origin_refused: AtomicU64,
 }
 
 /// What every handler gets.
@@ -89,11 +94,11 @@ pub struct WebState {
 impl WebState {
     pub fn new(ctx: ServerContext) -> WebState {
         let (shutdown_tx, shutdown) = watch::channel(false);
-        // Dashboard logins and enrollment codes have their own, fixed policy (the `[auth]`
-        // settings tune MQTT CONNECTs): five tries, then the address waits (and gets 429) for
-        // 5 s, doubling with every further failure up to 5 minutes.
+        // Dashboard logins and enrollment codes have their own policy (the other `[auth]`
+        // settings tune MQTT CONNECTs): `web_failures_before_backoff` tries, then the address
+        // or account waits (and gets 429) for 5 s, doubling with every failure up to 5 minutes.
         let auth = crate::config::AuthConfig {
-            failures_before_backoff: 5,
+            failures_before_backoff: ctx.config.auth.web_failures_before_backoff,
             backoff_initial_ms: 5_000,
             backoff_max_secs: 300,
             failure_memory_secs: 900,
@@ -146,6 +151,7 @@ pub fn router(state: WebState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .fallback(error::api_not_found);
     let counters = state.counters.clone();
+    let body_timeout_secs = state.ctx.config.web.body_read_timeout_secs;
     Router::new()
         .nest("/api/v1", api)
         .route("/mqtt", get(mqtt_ws::upgrade))
@@ -156,12 +162,67 @@ pub fn router(state: WebState) -> Router {
         .route("/apps/{name}/{*path}", get(apps::app_file))
         .fallback(assets::static_file)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_secs(body_timeout_secs.max(1)),
+        ))
         .layer(axum::middleware::map_request(move |req: Request| {
             counters.requests.fetch_add(1, Ordering::Relaxed);
             std::future::ready(req)
         }))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(strict_transport_security))
         .with_state(state)
+}
+
+/// HSTS on every answer sent over TLS: browsers that saw the server once never fall back to
+/// plain HTTP (a year; not `includeSubDomains`, the server does not own its parent domain).
+async fn strict_transport_security(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let tls = request
+        .extensions()
+        .get::<ConnMeta>()
+        .copied()
+        .unwrap_or_default()
+        .tls;
+    let mut response = next.run(request).await;
+    if tls {
+        response.headers_mut().insert(
+            axum::http::header::STRICT_TRANSPORT_SECURITY,
+            axum::http::HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    response
+}
+
+/// Refuses a WebSocket upgrade that a browser sends from another site's page. Browsers always
+/// send `Origin` on WebSocket handshakes and WebSockets are not covered by CORS, so without
+/// this check any page could open `/mqtt` with the visitor's cookie. Requests without `Origin`
+/// (scripts, MQTT clients with a bearer token) are not from a browser page and pass.
+pub fn check_websocket_origin(state: &WebState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let same = match (origin.to_str().ok(), host) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .filter(|(scheme, _)| matches!(*scheme, "https" | "http"))
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+        _ => false,
+    };
+    if same {
+        return Ok(());
+    }
+    state
+        .counters
+        .origin_refused
+        .fetch_add(1, Ordering::Relaxed);
+    Err(ApiError::forbidden(format!(
+        "WebSocket connections from pages of another site are refused (Origin {:?} is not this server); open the page from this server, or connect without an Origin header using a bearer token",
+        origin.to_str().unwrap_or("(not text)")
+    )))
 }
 
 /// Every route the router serves, as `(method, OpenAPI path)`.
@@ -228,6 +289,10 @@ pub async fn serve_state(
 ) {
     let app = router(state.clone());
     let tls = tls.map(|tls| Arc::new(tls::WebTls::new(tls, state.ctx.ca.cert_der())));
+    let web = state.ctx.config.web.clone();
+    let header_timeout = Duration::from_secs(web.header_read_timeout_secs.max(1));
+    // Each connection holds a slot until it ends; beyond the limit new ones are closed at once.
+    let slots = Arc::new(tokio::sync::Semaphore::new(web.max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -243,22 +308,32 @@ pub async fn serve_state(
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    state.counters.http_connections_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "web: refused a connection: web.max_connections are open");
+                    drop(tcp);
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let app = app.clone();
+                let counters = state.counters.clone();
                 let tls = tls.clone();
                 let stop = stop_rx.clone();
                 connections.spawn(async move {
+                    counters.http_connections.fetch_add(1, Ordering::Relaxed);
                     match tls {
                         Some(tls) => {
                             let acceptor = tls.acceptor();
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => serve_connection(stream, ConnMeta { peer, tls: true }, app, stop).await,
+                                Ok(Ok(stream)) => serve_connection(stream, ConnMeta { peer, tls: true }, app, header_timeout, stop).await,
                                 Ok(Err(err)) => tracing::debug!(%peer, "TLS handshake failed: {err}"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                             }
                         }
-                        None => serve_connection(tcp, ConnMeta { peer, tls: false }, app, stop).await,
+                        None => serve_connection(tcp, ConnMeta { peer, tls: false }, app, header_timeout, stop).await,
                     }
+                    counters.http_connections.fetch_sub(1, Ordering::Relaxed);
+                    drop(slot);
                 });
                 // Reap finished connections so the set does not grow without bound.
                 while connections.try_join_next().is_some() {}
@@ -291,6 +366,7 @@ async fn serve_connection<S>(
     stream: S,
     meta: ConnMeta,
     app: Router,
+    header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -304,7 +380,7 @@ async fn serve_connection<S>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(header_timeout);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {

@@ -26,6 +26,9 @@ fn query_param(name: &str, description: &str, ty: &str) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": ty } })
 }
 
+/// User and token names (what the store accepts).
+const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$";
+
 fn schema_ref(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
@@ -66,16 +69,17 @@ fn build() -> Value {
             "/api/v1/login": { "post": {
                 "summary": "Log in to the dashboard; sets the dc_session cookie.", "security": [],
                 "requestBody": body(json!({ "type": "object", "required": ["username", "password"],
-                    "properties": { "username": { "type": "string" }, "password": { "type": "string" } } })),
+                    "properties": { "username": { "type": "string", "minLength": 1 }, "password": { "type": "string" } } })),
                 "responses": { "200": ok("Logged in.", schema_ref("Session")), "400": err("Bad JSON (the field is named)."),
-                    "401": err("Wrong user name or password."), "429": err("Too many failed logins from this address; see Retry-After.") } } },
+                    "401": err("Wrong user name or password."), "429": err("Too many failed logins from this address or for this account; see Retry-After."),
+                    "503": err("Too many logins are being checked right now; see Retry-After.") } } },
             "/api/v1/logout": { "post": authed(json!({ "summary": "End the session.", "responses": { "204": { "description": "Logged out." } } }), true) },
             "/api/v1/me": { "get": authed(json!({ "summary": "Who is calling.", "responses": { "200": ok("The caller.", schema_ref("Session")) } }), false) },
             "/api/v1/devices": {
                 "get": authed(json!({ "summary": "Every device with presence and capabilities.",
                     "responses": { "200": ok("Devices.", json!({ "type": "array", "items": schema_ref("Device") })) } }), false),
                 "post": authed(json!({ "summary": "Add a device (admin).",
-                    "requestBody": body(json!({ "type": "object", "required": ["id"], "properties": {
+                    "requestBody": body(json!({ "type": "object", "required": ["id"], "additionalProperties": false, "properties": {
                         "id": { "type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$" },
                         "credential": { "enum": ["enroll", "certificate", "token"], "default": "enroll" } } })),
                     "responses": { "201": ok("Added: an enrollment code, or the device bundle (TOML) with its secret.", json!({ "type": "object", "properties": {
@@ -104,13 +108,17 @@ fn build() -> Value {
             "/api/v1/devices/{id}/telemetry/{sensor}": { "get": authed(json!({
                 "summary": "Readings in a time range, downsampled to at most `points` buckets (min/avg/max).",
                 "parameters": [device_id, path_param("sensor", "Sensor name."),
-                    query_param("from", "Start, ms since the epoch (default: to - 1 hour).", "integer"),
-                    query_param("to", "End, ms since the epoch (default: now).", "integer"),
-                    query_param("points", "At most this many buckets (1..=10000, default 500).", "integer")],
+                    json!({ "name": "from", "in": "query", "required": false, "description": "Start, ms since the epoch (default: to - 1 hour).",
+                        "schema": { "type": "integer", "minimum": 0, "maximum": super::telemetry::MAX_TS } }),
+                    json!({ "name": "to", "in": "query", "required": false, "description": "End, ms since the epoch (default: now).",
+                        "schema": { "type": "integer", "minimum": 0, "maximum": super::telemetry::MAX_TS } }),
+                    json!({ "name": "points", "in": "query", "required": false, "description": "At most this many buckets (default 500).",
+                        "schema": { "type": "integer", "minimum": 1, "maximum": 10000 } })],
                 "responses": { "200": ok("The series.", schema_ref("Telemetry")), "400": err("Bad range (the field is named)."), "404": err("No such device.") } }), false) },
             "/api/v1/live": { "get": authed(json!({ "summary": "WebSocket: a JSON message per presence, state, meta, telemetry or command change.",
                 "parameters": [query_param("device", "Only this device.", "string")],
-                "responses": { "101": { "description": "Switching to WebSocket; messages are LiveEvent JSON." } } }), false) },
+                "responses": { "101": { "description": "Switching to WebSocket; messages are LiveEvent JSON." },
+                    "400": err("Not a WebSocket request."), "403": err("A browser page of another site (Origin) may not open it.") } }), false) },
             "/api/v1/events": { "get": authed(json!({ "summary": "Server-sent events: the same messages as /api/v1/live.",
                 "parameters": [query_param("device", "Only this device.", "string")],
                 "responses": { "200": { "description": "text/event-stream of LiveEvent JSON.", "content": { "text/event-stream": { "schema": schema_ref("LiveEvent") } } } } }), false) },
@@ -119,7 +127,7 @@ fn build() -> Value {
                     json!({ "type": "array", "items": { "type": "object", "properties": { "name": { "type": "string" }, "role": schema_ref("Role"),
                         "created_at": { "type": "integer" }, "last_used": { "type": ["integer", "null"] } } } })) } }), true),
                 "post": authed(json!({ "summary": "Create a token (admin); the secret is shown once.",
-                    "requestBody": body(json!({ "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "role": schema_ref("Role") } })),
+                    "requestBody": body(json!({ "type": "object", "required": ["name"], "additionalProperties": false, "properties": { "name": { "type": "string", "pattern": NAME_PATTERN }, "role": schema_ref("Role") } })),
                     "responses": { "201": ok("Created.", json!({ "type": "object", "properties": { "name": { "type": "string" }, "role": schema_ref("Role"), "token": { "type": "string" } } })),
                         "400": err("Bad JSON (the field is named)."), "409": err("A token of that name exists.") } }), true)
             },
@@ -129,7 +137,7 @@ fn build() -> Value {
                 "get": authed(json!({ "summary": "Local users (admin).", "responses": { "200": ok("Users.",
                     json!({ "type": "array", "items": { "type": "object", "properties": { "name": { "type": "string" }, "role": schema_ref("Role") } } })) } }), true),
                 "post": authed(json!({ "summary": "Create a user (admin).",
-                    "requestBody": body(json!({ "type": "object", "required": ["name", "password"], "properties": { "name": { "type": "string" },
+                    "requestBody": body(json!({ "type": "object", "required": ["name", "password"], "additionalProperties": false, "properties": { "name": { "type": "string", "pattern": NAME_PATTERN },
                         "role": schema_ref("Role"), "password": { "type": "string", "minLength": 8 } } })),
                     "responses": { "201": ok("Created.", json!({ "type": "object", "properties": { "name": { "type": "string" }, "role": schema_ref("Role") } })),
                         "400": err("Bad JSON or weak password (the field is named)."), "409": err("The user exists.") } }), true)
@@ -138,12 +146,14 @@ fn build() -> Value {
                 "responses": { "204": { "description": "Removed." }, "404": err("No such user.") } }), true) },
             "/api/v1/enroll": { "post": {
                 "summary": "Enroll a device with a one-time code: the server signs its CSR and answers with its bundle.", "security": [],
-                "requestBody": body(json!({ "type": "object", "required": ["code", "csr_pem"], "properties": { "code": { "type": "string" }, "csr_pem": { "type": "string" } } })),
+                "requestBody": body(json!({ "type": "object", "required": ["code", "csr_pem"], "properties": { "code": { "type": "string", "minLength": 1 },
+                    "csr_pem": { "type": "string", "description": "A PEM certificate signing request (PKCS#10) for the device's key." } } })),
                 "responses": { "200": ok("Enrolled.", json!({ "type": "object", "properties": { "bundle": { "type": "string", "description": "Bundle TOML without key or token." }, "cert_pem": { "type": "string" } } })),
                     "400": err("Bad JSON or CSR (the field is named)."), "401": err("Unknown, used or expired code."), "429": err("Too many failed attempts from this address.") } } },
             "/api/v1/openapi.json": { "get": { "summary": "This document.", "security": [], "responses": { "200": { "description": "OpenAPI 3.1 JSON." } } } },
             "/mqtt": { "get": authed(json!({ "summary": "MQTT over WebSocket (subprotocol mqtt), under the caller's role ACL.",
-                "responses": { "101": { "description": "Switching to WebSocket; speak MQTT 3.1.1 or 5." }, "400": err("Not a WebSocket request or no mqtt subprotocol.") } }), false) },
+                "responses": { "101": { "description": "Switching to WebSocket; speak MQTT 3.1.1 or 5." }, "400": err("Not a WebSocket request or no mqtt subprotocol."),
+                    "403": err("A browser page of another site (Origin) may not open it.") } }), false) },
             "/metrics": { "get": authed(json!({ "summary": "Prometheus metrics (admin).", "responses": { "200": { "description": "Prometheus text format.", "content": { "text/plain": {} } } } }), true) },
             "/healthz": { "get": { "summary": "Health: 200 when the database answers.", "security": [],
                 "responses": { "200": ok("Healthy.", json!({ "type": "object" })), "503": ok("Unhealthy.", json!({ "type": "object" })) } } },

@@ -55,7 +55,7 @@ async fn repeated_failures_ban_one_address_and_not_others() {
         server
             .ctx
             .registry
-            .banned_for("127.0.0.2".parse().unwrap())
+            .banned_for("127.0.0.2".parse().unwrap(), None)
             .is_some()
     );
 
@@ -74,7 +74,7 @@ async fn repeated_failures_ban_one_address_and_not_others() {
         server
             .ctx
             .registry
-            .banned_for("127.0.0.1".parse().unwrap())
+            .banned_for("127.0.0.1".parse().unwrap(), Some("sensor1"))
             .is_none()
     );
     drop(tcp);

@@ -5,6 +5,7 @@ mod apps;
 mod auth;
 mod commands;
 mod enroll;
+mod hardening;
 mod live;
 mod mqtt_ws;
 mod openapi;
@@ -33,8 +34,16 @@ pub struct Web {
 
 impl Web {
     pub async fn start() -> Web {
+        Web::start_with(|_| {}).await
+    }
+
+    /// A server whose configuration `adjust` changed first.
+    pub async fn start_with(adjust: impl FnOnce(&mut server::config::ServerConfig)) -> Web {
         let dir = tempfile::tempdir().unwrap();
-        let server = harness::start(dir.path()).await;
+        let mut options = harness::test_options(dir.path());
+        adjust(&mut options.config);
+        harness::install_crypto();
+        let server = server::Server::start(options).await.expect("server starts");
         let addr = server.https_addr().expect("an https listener");
         let ca = reqwest::Certificate::from_pem(server.ctx.ca.cert_pem().as_bytes()).unwrap();
         let http = reqwest::Client::builder()
