@@ -135,22 +135,36 @@ pub fn raise_nofile_limit() -> anyhow::Result<NofileLimit> {
     Ok(NofileLimit { soft, hard })
 }
 
-/// Resolves at the first SIGTERM or SIGINT (Ctrl-C), and logs which. If SIGTERM cannot be
-/// watched (never seen in practice) it says so and waits for Ctrl-C only.
-pub async fn shutdown_signal() {
+/// Resolves at the first SIGTERM or SIGINT (Ctrl-C), and logs which. Not an `async fn`: the
+/// handlers are installed when this is called, not at the future's first poll, so a signal that
+/// arrives while the caller is still starting up (after it printed that it listens) is caught
+/// instead of killing the process with the default action. Must be called inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let name = match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        },
-        Err(err) => {
-            tracing::warn!("cannot listen for SIGTERM ({err}); stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
-        }
-    };
-    tracing::info!("{name}: shutting down");
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        let name = match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            },
+            (term, interrupt) => {
+                // Never seen in practice: say so, and wait for whichever can be watched.
+                tracing::warn!(
+                    "cannot watch SIGTERM or SIGINT; stop the process with SIGKILL if it does not stop"
+                );
+                match (term, interrupt) {
+                    (Ok(mut s), _) | (_, Ok(mut s)) => {
+                        s.recv().await;
+                    }
+                    _ => std::future::pending::<()>().await,
+                }
+                "signal"
+            }
+        };
+        tracing::info!("{name}: shutting down");
+    }
 }
 
 #[cfg(test)]

@@ -157,7 +157,8 @@ pub struct AuthConfig {
     /// before it is refused (429) for a while; the window starts at 5 s and doubles up to 5 min.
     pub web_failures_before_backoff: u32,
     /// Password checks (argon2, about 19 MiB each) running at once, for MQTT and dashboard
-    /// logins together.
+    /// logins together. Default: half the CPU cores, at least 1 and at most 4, so that a login
+    /// flood never takes all the CPU the broker needs.
     pub max_concurrent_password_checks: usize,
     /// Password checks waiting for a slot; beyond this a login is refused at once (HTTP 503,
     /// MQTT 0x89 Server busy).
@@ -180,6 +181,12 @@ pub struct LimitsConfig {
     pub max_keepalive: Option<u16>,
     pub topic_alias_maximum: Option<u16>,
     pub max_session_expiry: Option<u32>,
+    pub max_topic_levels: Option<usize>,
+    pub max_topic_length: Option<usize>,
+    pub max_sessions_per_principal: Option<usize>,
+    pub max_retained_per_principal: Option<usize>,
+    pub max_retained_bytes_per_principal: Option<usize>,
+    pub max_connect_size: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -233,7 +240,9 @@ impl Default for AuthConfig {
             failure_memory_secs: 900,
             max_tracked_addresses: 10_000,
             web_failures_before_backoff: 5,
-            max_concurrent_password_checks: 4,
+            max_concurrent_password_checks: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().div_ceil(2))
+                .clamp(1, 4),
             max_queued_password_checks: 32,
             anonymous_role: None,
         }
@@ -531,6 +540,30 @@ impl ServerConfig {
         limit(
             "max_session_expiry",
             l.max_session_expiry.map(|v| v.to_string()),
+        );
+        limit(
+            "max_topic_levels",
+            l.max_topic_levels.map(|v| v.to_string()),
+        );
+        limit(
+            "max_topic_length",
+            l.max_topic_length.map(|v| v.to_string()),
+        );
+        limit(
+            "max_sessions_per_principal",
+            l.max_sessions_per_principal.map(|v| v.to_string()),
+        );
+        limit(
+            "max_retained_per_principal",
+            l.max_retained_per_principal.map(|v| v.to_string()),
+        );
+        limit(
+            "max_retained_bytes_per_principal",
+            l.max_retained_bytes_per_principal.map(|v| v.to_string()),
+        );
+        limit(
+            "max_connect_size",
+            l.max_connect_size.map(|v| v.to_string()),
         );
         out
     }

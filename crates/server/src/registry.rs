@@ -232,15 +232,9 @@ impl Registry {
             return Err(AuthError::Banned(ban.message(ip)));
         }
         let mut attempt = Attempt::default();
-        let decision = match self.decide(request, &mut attempt).await {
-            // The client-id rule also runs here until every broker entry point calls
-            // `authorize_client_id` itself.
-            Ok((identity, credential)) => self
-                .authorize_client_id(&identity, request.client_id)
-                .await
-                .map(|()| (identity, credential)),
-            Err(err) => Err(err),
-        };
+        // The client-id rule is not checked here: the broker calls `authorize_client_id` for
+        // every CONNECT, the web tier's pre-authenticated `/mqtt` ones included.
+        let decision = self.decide(request, &mut attempt).await;
         match decision {
             Ok((identity, credential)) => {
                 if attempt.provisional {
@@ -848,8 +842,12 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, AuthError::NotAuthorized(_)), "{err}");
-        let err = registry
+        let kitchen = registry
             .authenticate(request("garage", None, None, Some(&good), "10.0.0.1:1"))
+            .await
+            .unwrap();
+        let err = registry
+            .authorize_client_id(&kitchen, "garage")
             .await
             .unwrap_err();
         assert!(matches!(err, AuthError::ClientIdNotValid(_)), "{err}");
@@ -903,13 +901,7 @@ mod tests {
         assert_eq!(id.principal, "token:ci");
         assert!(id.permissions.may_publish("devices/kitchen/set/led"));
         let err = registry
-            .authenticate(request(
-                "kitchen",
-                Some("ci"),
-                Some(b"tok"),
-                None,
-                "10.0.0.3:1",
-            ))
+            .authorize_client_id(&id, "kitchen")
             .await
             .unwrap_err();
         assert!(

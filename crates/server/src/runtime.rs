@@ -441,8 +441,18 @@ fn limits(config: &ServerConfig) -> broker::Limits {
         max_keepalive: l.max_keepalive.unwrap_or(d.max_keepalive),
         topic_alias_maximum: l.topic_alias_maximum.unwrap_or(d.topic_alias_maximum),
         max_session_expiry: l.max_session_expiry.unwrap_or(d.max_session_expiry),
-        // The hardening limits keep the broker's defaults until the server config has keys.
-        ..d
+        max_topic_levels: l.max_topic_levels.unwrap_or(d.max_topic_levels),
+        max_topic_length: l.max_topic_length.unwrap_or(d.max_topic_length),
+        max_sessions_per_principal: l
+            .max_sessions_per_principal
+            .unwrap_or(d.max_sessions_per_principal),
+        max_retained_per_principal: l
+            .max_retained_per_principal
+            .unwrap_or(d.max_retained_per_principal),
+        max_retained_bytes_per_principal: l
+            .max_retained_bytes_per_principal
+            .unwrap_or(d.max_retained_bytes_per_principal),
+        max_connect_size: l.max_connect_size.unwrap_or(d.max_connect_size),
     }
 }
 
@@ -459,6 +469,12 @@ pub fn default_limits() -> crate::config::LimitsConfig {
         max_keepalive: Some(d.max_keepalive),
         topic_alias_maximum: Some(d.topic_alias_maximum),
         max_session_expiry: Some(d.max_session_expiry),
+        max_topic_levels: Some(d.max_topic_levels),
+        max_topic_length: Some(d.max_topic_length),
+        max_sessions_per_principal: Some(d.max_sessions_per_principal),
+        max_retained_per_principal: Some(d.max_retained_per_principal),
+        max_retained_bytes_per_principal: Some(d.max_retained_bytes_per_principal),
+        max_connect_size: Some(d.max_connect_size),
     }
 }
 

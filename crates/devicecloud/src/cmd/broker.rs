@@ -134,6 +134,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(DataDirLock::acquire)
         .transpose()?;
     let nofile = raise_nofile_limit()?;
+    // Watched from now on, so a SIGTERM during start-up stops the broker cleanly.
+    let stop = shutdown_signal();
     let tls = match &settings.tls {
         Some(tls) => {
             Some(ReloadableTls::load(tls.clone()).context("cannot load the TLS certificate")?)
@@ -211,7 +213,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or(ServeOptions::default().handshake_timeout),
         ..ServeOptions::default()
     };
-    broker::listener::serve_with(broker, listeners, options, shutdown_signal()).await;
+    broker::listener::serve_with(broker, listeners, options, stop).await;
     tracing::info!("broker stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Before anything opens the journal or the database: a second server stops here.
     let _lock = DataDirLock::acquire(&data_dir)?;
     let nofile = raise_nofile_limit()?;
+    // Watched from now on, so a SIGTERM during start-up stops the server cleanly.
+    let stop = shutdown_signal();
     let mut config = match &args.config {
         Some(path) => ServerConfig::load(path)?,
         None => ServerConfig::load_or_default(&data_dir.join(CONFIG_FILE_NAME))?,
@@ -81,7 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     out.flush()?;
     drop(out);
 
-    shutdown_signal().await;
+    stop.await;
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

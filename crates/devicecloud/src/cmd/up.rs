@@ -158,10 +158,12 @@ impl Up {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Watched from now on, so a SIGTERM during start-up stops `up` cleanly.
+    let stop = shutdown_signal();
     let up = Up::start(args).await?;
     print_welcome(&up.running, &up.data_dir, &up.password)?;
     up.announce_ready()?;
-    shutdown_signal().await;
+    stop.await;
     up.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,16 @@ use super::Web;
 use crate::harness;
 
 const T0: i64 = 1_700_000_000_000; // a whole hour (UTC)
-const D0: i64 = 1_699_920_000_000; // a whole day (UTC)
+/// The start of a whole UTC day three days ago: inside the retention period, so the retention
+/// task that runs at start never deletes the readings the test inserts.
+fn day_start_three_days_ago() -> i64 {
+    const DAY_MS: i64 = 86_400_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    (now / DAY_MS - 3) * DAY_MS
+}
 
 #[tokio::test]
 async fn readings_over_mqtt_are_stored_once_and_downsampled() {
@@ -62,11 +71,12 @@ async fn readings_over_mqtt_are_stored_once_and_downsampled() {
 
 #[tokio::test]
 async fn hour_buckets_over_days_are_exact() {
+    let d0 = day_start_three_days_ago();
     let web = Web::start().await;
     harness::add_token_device(&web.server, "meter").await;
     // Two days of one-minute readings: value = minute of the day.
     let samples: Vec<Sample> = (0..2 * 1440i64)
-        .map(|m| Sample::new("meter", "temp", D0 + m * 60_000, (m % 1440) as f64))
+        .map(|m| Sample::new("meter", "temp", d0 + m * 60_000, (m % 1440) as f64))
         .collect();
     for chunk in samples.chunks(1000) {
         web.server
@@ -77,10 +87,10 @@ async fn hour_buckets_over_days_are_exact() {
             .await
             .unwrap();
     }
-    let to = D0 + 2 * 86_400_000;
+    let to = d0 + 2 * 86_400_000;
     let (status, body) = web
         .get(
-            &format!("/api/v1/devices/meter/telemetry/temp?from={D0}&to={to}&points=2"),
+            &format!("/api/v1/devices/meter/telemetry/temp?from={d0}&to={to}&points=2"),
             &web.admin,
         )
         .await;
@@ -89,7 +99,7 @@ async fn hour_buckets_over_days_are_exact() {
     let points = body["points"].as_array().unwrap();
     assert_eq!(points.len(), 2, "{body}");
     for (day, point) in points.iter().enumerate() {
-        assert_eq!(point["ts"], json!(D0 + day as i64 * 86_400_000));
+        assert_eq!(point["ts"], json!(d0 + day as i64 * 86_400_000));
         assert_eq!(
             (
                 point["min"].clone(),
