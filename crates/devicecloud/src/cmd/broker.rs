@@ -92,16 +92,18 @@ pub struct Args {
     #[arg(long, value_name = "BYTES")]
     max_topic_length: Option<usize>,
 
-    /// Maximum sessions (connected or persisted) per user or device. [default: 16]
+    /// Maximum sessions (connected or persisted) per user (every anonymous client counts as
+    /// one user). [default: no limit; `devicecloud server` uses 16 per device or user]
     #[arg(long, value_name = "N")]
     max_sessions_per_principal: Option<usize>,
 
-    /// Maximum retained messages per user or device. [default: 100]
+    /// Maximum retained messages per user. [default: no limit; `devicecloud server` uses 100
+    /// per device or user]
     #[arg(long, value_name = "N")]
     max_retained_per_principal: Option<usize>,
 
-    /// Maximum bytes (topic + payload) of retained messages per user or device.
-    /// [default: 262144]
+    /// Maximum bytes (topic + payload) of retained messages per user. [default: no limit;
+    /// `devicecloud server` uses 262144 per device or user]
     #[arg(long, value_name = "BYTES")]
     max_retained_bytes_per_principal: Option<usize>,
 
@@ -426,15 +428,14 @@ impl Settings {
         if let Some(v) = file.max_topic_length {
             limits.max_topic_length = v;
         }
-        if let Some(v) = file.max_sessions_per_principal {
-            limits.max_sessions_per_principal = v;
-        }
-        if let Some(v) = file.max_retained_per_principal {
-            limits.max_retained_per_principal = v;
-        }
-        if let Some(v) = file.max_retained_bytes_per_principal {
-            limits.max_retained_bytes_per_principal = v;
-        }
+        // The standalone broker's principals are shared accounts (every anonymous client is
+        // `anonymous`, a password-file user is typically one login for many clients, as with
+        // mosquitto), so limits per principal are off unless set. The server, whose principals
+        // are single devices, users and tokens, keeps the broker's defaults.
+        limits.max_sessions_per_principal = file.max_sessions_per_principal.unwrap_or(usize::MAX);
+        limits.max_retained_per_principal = file.max_retained_per_principal.unwrap_or(usize::MAX);
+        limits.max_retained_bytes_per_principal =
+            file.max_retained_bytes_per_principal.unwrap_or(usize::MAX);
         if let Some(v) = file.max_connect_size {
             limits.max_connect_size = v;
         }
@@ -666,6 +667,23 @@ mod tests {
         assert_eq!(l.max_retained_per_principal, 5);
         assert_eq!(l.max_retained_bytes_per_principal, 4096);
         assert_eq!(l.max_connect_size, 2048);
+    }
+
+    #[test]
+    fn limits_per_principal_are_off_unless_set() {
+        // Anonymous clients all share one principal: 16 sessions or 100 retained messages
+        // for all of them together would break ordinary mosquitto-style use.
+        let s = resolve(&[]).unwrap();
+        let mut config = broker::BrokerConfig::default();
+        s.apply_limits(&mut config);
+        let l = &config.limits;
+        assert_eq!(l.max_sessions_per_principal, usize::MAX);
+        assert_eq!(l.max_retained_per_principal, usize::MAX);
+        assert_eq!(l.max_retained_bytes_per_principal, usize::MAX);
+        assert_eq!(
+            l.max_topic_levels,
+            broker::Limits::default().max_topic_levels
+        );
     }
 
     #[test]
