@@ -226,6 +226,7 @@ struct Accepted {
     generation: u64,
     signal: Arc<Notify>,
     identity: Identity,
+    principal: Arc<str>,
     client_id: Arc<str>,
     keep_alive: u16,
     will: Option<Box<LastWill>>,
@@ -382,10 +383,12 @@ async fn accept(
     let generation = inner.next_id();
     let signal = Arc::new(Notify::new());
     let client_id: Arc<str> = Arc::from(c.client_id.as_str());
+    // Interned once: the session link and every retained PUBLISH (its quota owner) share it.
+    let principal: Arc<str> = Arc::from(identity.principal.as_str());
     let link = ConnLink {
         generation,
         signal: signal.clone(),
-        principal: Arc::from(identity.principal.as_str()),
+        principal: principal.clone(),
         kick: None,
     };
     let (session, session_present) =
@@ -415,6 +418,7 @@ async fn accept(
         generation,
         signal,
         identity,
+        principal,
         client_id,
         keep_alive,
         will: c.will.map(Box::new),
@@ -440,6 +444,8 @@ struct Protocol {
     session: Arc<Session>,
     generation: u64,
     identity: Identity,
+    /// `identity.principal`, shared: the owner of this client's retained messages.
+    principal: Arc<str>,
     client_id: Arc<str>,
     keep_alive: Duration,
     last_recv: Instant,
@@ -488,6 +494,7 @@ impl Protocol {
             session: a.session,
             generation: a.generation,
             identity: a.identity,
+            principal: a.principal,
             client_id: a.client_id,
             keep_alive: Duration::from_millis(u64::from(a.keep_alive) * 1500),
             last_recv: Instant::now(),
@@ -660,9 +667,7 @@ impl Protocol {
         }
         let qos = p.qos;
         // A retained message counts against its publisher's retained quota.
-        let owner: Option<Arc<str>> = p
-            .retain
-            .then(|| Arc::from(self.identity.principal.as_str()));
+        let owner: Option<Arc<str>> = p.retain.then(|| self.principal.clone());
         let msg = Publication::new(
             p.topic,
             p.payload,
